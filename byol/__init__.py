@@ -1,0 +1,23 @@
+"""BYOL (Bootstrap Your Own Latent, Grill et al. 2020), faithful to the paper, for PyTorch.
+
+The core works inside your own training loop:
+
+    learner = byol.BYOL(backbone)                 # any images → feature-vector module
+    augment = byol.BYOLAugment(32, mean, std)
+    loss = learner(*augment(images)); loss.backward(); optimizer.step()
+    learner.update_target(byol.target_tau(step, total_steps))
+"""
+
+__version__ = "0.1.0"
+
+from .augment import BYOLAugment, ViewAugment, ViewConfig, VIEW1, VIEW2
+from .backbones import build_backbone
+from .loss import byol_loss
+from .model import BYOL, MLPHead
+from .optim import LARS, lars_param_groups
+from .schedules import learning_rate, scaled_lr, target_tau
+
+__all__ = [
+    "BYOL", "BYOLAugment", "LARS", "MLPHead", "VIEW1", "VIEW2", "ViewAugment", "ViewConfig", "build_backbone",
+    "byol_loss", "lars_param_groups", "learning_rate", "scaled_lr", "target_tau",
+]

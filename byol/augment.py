@@ -1,0 +1,270 @@
+"""BYOL's two asymmetric view pipelines, batched on the training device with per-image parameters.
+
+Images come in as uint8 (0..255) or float (0..1) tensors of shape (B, C, H, W), C = 1 or 3, on any
+device. Every random parameter (crop box, flip, jitter factors and their order, grayscale, blur
+sigma, solarize) is drawn per image from torch's generator on that device, so a run's augmentations
+are reproducible from its RNG state.
+
+Pipeline per view (SPEC table and the official code's order):
+crop+resize (bicubic) → flip → colour jitter (random order) → grayscale → blur → solarize → clip →
+normalise. Grey (1-channel) images skip saturation, hue and grayscale: they have no colour.
+
+Deviations from the official code, each for a reason:
+- The crop is taken with a continuous box (no rounding to whole pixels) and resampled with
+  `grid_sample` so the whole batch is cropped in one call; the box distribution is torchvision's
+  RandomResizedCrop (10 tries, then the whole image).
+- The blur pads by reflection (torchvision's choice) instead of zeros, so borders do not darken.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Probabilities and ranges of one view's pipeline; defaults are the SPEC's view 1."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = 0.0
+
+
+VIEW1 = ViewConfig()
+VIEW2 = ViewConfig(blur_prob=0.1, solarize_prob=0.2)
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    return images.float()
+
+
+def _crop_boxes(batch: int, height: int, width: int, cfg: ViewConfig, device) -> torch.Tensor:
+    """(B, 4) boxes (x0, y0, w, h) in pixels, drawn like torchvision's RandomResizedCrop."""
+    tries = 10
+    area = height * width
+    scale = torch.empty(batch, tries, device=device).uniform_(*cfg.crop_scale) * area
+    log_ratio = torch.empty(batch, tries, device=device).uniform_(
+        math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+    )
+    ratio = torch.exp(log_ratio)
+    w = torch.sqrt(scale * ratio)
+    h = torch.sqrt(scale / ratio)
+    fits = (w <= width) & (h <= height)
+    # First try that fits; images where none fits take the whole frame.
+    first = torch.argmax(fits.int(), dim=1)
+    any_fit = fits.any(dim=1)
+    rows = torch.arange(batch, device=device)
+    w = torch.where(any_fit, w[rows, first], torch.full_like(w[:, 0], width))
+    h = torch.where(any_fit, h[rows, first], torch.full_like(h[:, 0], height))
+    x0 = torch.rand(batch, device=device) * (width - w)
+    y0 = torch.rand(batch, device=device) * (height - h)
+    return torch.stack([x0, y0, w, h], dim=1)
+
+
+def crop_and_flip(images: torch.Tensor, out_size: int, cfg: ViewConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random resized crop (bicubic) and horizontal flip in one resampling pass."""
+    batch, _, height, width = images.shape
+    boxes = _crop_boxes(batch, height, width, cfg, images.device)
+    flip = torch.rand(batch, device=images.device) < cfg.flip_prob
+    x0, y0, w, h = boxes.unbind(1)
+    # affine_grid maps output coordinates in [-1, 1] to input coordinates in [-1, 1].
+    scale_x = (w / width) * torch.where(flip, -1.0, 1.0)
+    scale_y = h / height
+    centre_x = (x0 + w / 2) / width * 2 - 1
+    centre_y = (y0 + h / 2) / height * 2 - 1
+    theta = torch.zeros(batch, 2, 3, device=images.device)
+    theta[:, 0, 0] = scale_x
+    theta[:, 0, 2] = centre_x
+    theta[:, 1, 1] = scale_y
+    theta[:, 1, 2] = centre_y
+    grid = F.affine_grid(theta, [batch, images.shape[1], out_size, out_size], align_corners=False)
+    out = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    # Bicubic overshoots; the rest of the pipeline expects [0, 1].
+    return out.clamp_(0, 1), flip
+
+
+def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    r, g, b = rgb.unbind(1)
+    value, _ = rgb.max(dim=1)
+    minimum, _ = rgb.min(dim=1)
+    chroma = value - minimum
+    saturation = torch.where(value > 0, chroma / value.clamp_min(1e-12), torch.zeros_like(value))
+    safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue_r = ((g - b) / safe_chroma) % 6
+    hue_g = (b - r) / safe_chroma + 2
+    hue_b = (r - g) / safe_chroma + 4
+    hue = torch.where(value == r, hue_r, torch.where(value == g, hue_g, hue_b))
+    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
+    return torch.stack([hue, saturation, value], dim=1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    hue, saturation, value = hsv.unbind(1)
+    # The standard closed form: channel n takes v − v·s·clamp(min(k, 4 − k), 0, 1), k = (n + 6h) mod 6.
+    channels = []
+    for n in (5, 3, 1):
+        k = (n + hue * 6) % 6
+        channels.append(value - value * saturation * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
+    return torch.stack(channels, dim=1)
+
+
+def adjust_brightness(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    return (x + delta.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return ((x - mean) * factor.view(-1, 1, 1, 1) + mean).clamp_(0, 1)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    # Scaling HSV saturation by f, clipped to [0, 1], keeps hue and value, which in RGB is
+    # c' = v − f_eff·(v − c) with f_eff = min(f, v / (v − min)): no HSV round trip needed.
+    value, _ = x.max(dim=1, keepdim=True)
+    minimum, _ = x.min(dim=1, keepdim=True)
+    chroma = value - minimum
+    limit = torch.where(chroma > 0, value / chroma.clamp_min(1e-12), torch.full_like(chroma, float("inf")))
+    effective = torch.minimum(factor.view(-1, 1, 1, 1), limit)
+    return (value - (value - x) * effective).clamp_(0, 1)
+
+
+def adjust_hue(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    hsv = rgb_to_hsv(x)
+    hsv[:, 0] = (hsv[:, 0] + delta.view(-1, 1, 1)) % 1.0
+    return hsv_to_rgb(hsv).clamp_(0, 1)
+
+
+def to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    weights = x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True).expand_as(x)
+
+
+def _apply_to(x: torch.Tensor, mask: torch.Tensor, fn, *params: torch.Tensor) -> torch.Tensor:
+    """Apply `fn` only to the images selected by `mask`, so unselected ones cost nothing."""
+    index = mask.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return x
+    x = x.clone() if x.requires_grad else x
+    x[index] = fn(x[index], *(p[index] for p in params))
+    return x
+
+
+def colour_jitter(x: torch.Tensor, cfg: ViewConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brightness, contrast, saturation, hue in a random order per image, each clipped to [0, 1]."""
+    batch, channels = x.shape[:2]
+    device = x.device
+    apply = torch.rand(batch, device=device) < cfg.jitter_prob
+    brightness = torch.empty(batch, device=device).uniform_(-cfg.brightness, cfg.brightness)
+    contrast = torch.empty(batch, device=device).uniform_(1 - cfg.contrast, 1 + cfg.contrast)
+    saturation = torch.empty(batch, device=device).uniform_(1 - cfg.saturation, 1 + cfg.saturation)
+    hue = torch.empty(batch, device=device).uniform_(-cfg.hue, cfg.hue)
+    order = torch.argsort(torch.rand(batch, 4, device=device), dim=1)
+    ops = [(adjust_brightness, brightness), (adjust_contrast, contrast)]
+    if channels == 3:
+        ops += [(adjust_saturation, saturation), (adjust_hue, hue)]
+    for position in range(4):
+        for op_index, (fn, param) in enumerate(ops):
+            x = _apply_to(x, apply & (order[:, position] == op_index), fn, param)
+    return x, apply
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per image; kernel side 2·floor(side/20) + 1."""
+    batch, channels, height, width = x.shape
+    radius = max(min(height, width) // 20, 1)
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    kernel = kernel.repeat_interleave(channels, dim=0)  # (B·C, K): one kernel per image channel
+    flat = x.reshape(1, batch * channels, height, width)
+    flat = F.pad(flat, (radius, radius, 0, 0), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(-1, 1, 1, 2 * radius + 1), groups=batch * channels)
+    flat = F.pad(flat, (0, 0, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(-1, 1, 2 * radius + 1, 1), groups=batch * channels)
+    return flat.view(batch, channels, height, width)
+
+
+def solarize(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < 0.5, x, 1 - x)
+
+
+class ViewAugment(torch.nn.Module):
+    """One view's pipeline. `forward(images, return_params=True)` also returns which images got
+    which operation (boolean masks), for tests and for inspecting a run."""
+
+    def __init__(self, image_size: int, mean, std, cfg: ViewConfig = VIEW1):
+        super().__init__()
+        self.image_size = image_size
+        self.cfg = cfg
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, return_params: bool = False):
+        cfg = self.cfg
+        x = to_unit_float(images)
+        batch, channels = x.shape[:2]
+        device = x.device
+        x, flipped = crop_and_flip(x, self.image_size, cfg)
+        x, jittered = colour_jitter(x, cfg)
+        grayscaled = torch.zeros(batch, dtype=torch.bool, device=device)
+        if channels == 3:
+            grayscaled = torch.rand(batch, device=device) < cfg.grayscale_prob
+            x = _apply_to(x, grayscaled, to_grayscale)
+        blurred = torch.rand(batch, device=device) < cfg.blur_prob
+        sigma = torch.empty(batch, device=device).uniform_(*cfg.blur_sigma)
+        x = _apply_to(x, blurred, gaussian_blur, sigma)
+        solarized = torch.rand(batch, device=device) < cfg.solarize_prob
+        x = _apply_to(x, solarized, solarize)
+        x = (x.clamp_(0, 1) - self.mean) / self.std
+        if return_params:
+            params = dict(flip=flipped, jitter=jittered, grayscale=grayscaled, blur=blurred, solarize=solarized)
+            return x, params
+        return x
+
+
+class BYOLAugment(torch.nn.Module):
+    """Both views of the SPEC: `view1, view2 = augment(images)`."""
+
+    def __init__(self, image_size: int, mean, std, view1: ViewConfig = VIEW1, view2: ViewConfig = VIEW2):
+        super().__init__()
+        self.view1 = ViewAugment(image_size, mean, std, view1)
+        self.view2 = ViewAugment(image_size, mean, std, view2)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.view1(images), self.view2(images)
+
+
+class EvalTransform(torch.nn.Module):
+    """Deterministic preprocessing for evaluation: resize to the training size and normalise."""
+
+    def __init__(self, image_size: int, mean, std):
+        super().__init__()
+        self.image_size = image_size
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_unit_float(images)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+            x = x.clamp_(0, 1)
+        return (x - self.mean) / self.std

@@ -1,0 +1,91 @@
+"""Encoders: torchvision ResNets with a width multiplier, a CIFAR stem for small images, no `fc`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+from .errors import UserError
+
+ARCHITECTURES = {
+    "resnet18": (resnet.BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (resnet.BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (resnet.Bottleneck, [3, 4, 6, 3]),
+}
+
+# Images this small lose too much to a 7×7/2 conv plus max-pool; the SPEC's CIFAR stem keeps them.
+CIFAR_STEM_MAX_SIZE = 64
+
+
+class WideResNet(resnet.ResNet):
+    """torchvision's ResNet with every stage's channel count multiplied by `width`.
+
+    The output is the globally average-pooled feature vector (`fc` is an Identity); its size is
+    `feature_dim`.
+    """
+
+    def __init__(self, block, layers, width: float = 1.0, in_channels: int = 3, cifar_stem: bool = False):
+        self._width = width
+        self._stem_width = max(int(round(64 * width)), 1)
+        self._first_layer = True
+        super().__init__(block, layers)
+        if cifar_stem:
+            self.conv1 = nn.Conv2d(in_channels, self._stem_width, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, self._stem_width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(self._stem_width)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.feature_dim = max(int(round(512 * width)), 1) * block.expansion
+        self.fc = nn.Identity()
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if self._first_layer:
+            # torchvision hard-codes the stem at 64 channels; the first stage must read ours.
+            self.inplanes = self._stem_width
+            self._first_layer = False
+        return super()._make_layer(block, max(int(round(planes * self._width)), 1), blocks, stride, dilate)
+
+
+def build_backbone(name: str, width: float = 1.0, image_size: int = 224, in_channels: int = 3,
+                   cifar_stem: bool | None = None) -> WideResNet:
+    """A ResNet by name; the CIFAR stem is chosen for images of at most 64 px unless forced."""
+    if name not in ARCHITECTURES:
+        raise UserError(f"unknown backbone '{name}' (option --backbone); choose one of {', '.join(ARCHITECTURES)}")
+    if width <= 0:
+        raise UserError(f"--width must be positive, got {width}")
+    block, layers = ARCHITECTURES[name]
+    if cifar_stem is None:
+        cifar_stem = image_size <= CIFAR_STEM_MAX_SIZE
+    return WideResNet(block, layers, width=width, in_channels=in_channels, cifar_stem=cifar_stem)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def first_conv_in_channels(module: nn.Module) -> int | None:
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            return layer.in_channels
+    return None
+
+
+@torch.no_grad()
+def infer_feature_dim(backbone: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """Run two dummy images through the backbone in eval mode (BN statistics are untouched)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        param = next(backbone.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        out = backbone(torch.zeros(2, *input_shape, device=device))
+    finally:
+        backbone.train(was_training)
+    if out.ndim != 2:
+        raise ValueError(
+            f"the backbone must map images to (batch, features) vectors; it returned shape {tuple(out.shape)}. "
+            "Remove its classifier head and pool its output, or pass feature_dim."
+        )
+    return out.shape[1]

@@ -1,0 +1,102 @@
+"""The `byol` command. User errors print one line and exit 2; nothing else is caught here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .backbones import ARCHITECTURES
+    from .config import PRESETS
+    from .data import DATASETS
+
+    add = parser.add_argument
+    add("--preset", choices=PRESETS, help="starting configuration (smoke: <60 s check; cpu-quickstart; gpu)")
+    add("--config", metavar="FILE", help="YAML file of options (applied after the preset)")
+    add("--dataset", choices=DATASETS)
+    add("--data", metavar="PATH", help="dataset location (default: the dataset's usual places)")
+    add("--subset", type=int, metavar="N", help="train on a seeded random subset of N images")
+    add("--image-size", type=int, metavar="PX", help="training resolution (default: the dataset's own)")
+    add("--workers", type=int, help="image-decoding processes for --dataset folder")
+    add("--backbone", choices=list(ARCHITECTURES))
+    add("--width", type=float, help="channel-width multiplier of the ResNet (0.25 = quarter width)")
+    add("--projection-dim", type=int)
+    add("--projector-hidden-dim", type=int)
+    add("--predictor-hidden-dim", type=int)
+    add("--epochs", type=int)
+    add("--batch-size", type=int, help="images per step (the LR scales with it: lr × batch / 256)")
+    add("--lr", type=float, help="base learning rate before the batch/256 scaling")
+    add("--warmup-epochs", type=float)
+    add("--optimizer", choices=["lars", "sgd"])
+    add("--momentum", type=float)
+    add("--weight-decay", type=float)
+    add("--trust-coefficient", type=float, help="LARS η")
+    add("--base-tau", "--tau-base", dest="base_tau", type=float, help="τ_base of the target EMA schedule")
+    add("--device", help="auto, cpu, cuda, cuda:N, mps")
+    add("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    add("--seed", type=int)
+    add("--out", metavar="DIR", help="run folder (checkpoint, config, metrics, weights)")
+    add("--log-every", type=int, metavar="STEPS")
+    add("--checkpoint-every", type=int, metavar="STEPS")
+    add("--stop-after-steps", type=int, metavar="N", help="stop at step N with a resumable checkpoint")
+    add("--resume", action="store_true", default=None, help="continue from DIR/checkpoint.pt if there is one")
+    add("--quiet", action="store_true", help="no progress output")
+
+
+TRAIN_OPTION_NAMES = (
+    "dataset", "data", "subset", "image_size", "workers", "backbone", "width", "projection_dim",
+    "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer",
+    "momentum", "weight_decay", "trust_coefficient", "base_tau", "device", "precision", "channels_last", "seed",
+    "out", "log_every", "checkpoint_every", "stop_after_steps", "resume",
+)
+
+
+def config_from_args(args: argparse.Namespace):
+    from .config import resolve
+
+    overrides = {name: getattr(args, name) for name in TRAIN_OPTION_NAMES}
+    return resolve(args.preset, args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from .train import train
+
+    summary = train(config_from_args(args), quiet=args.quiet)
+    if args.quiet:
+        print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="byol", description="BYOL self-supervised pre-training.")
+    parser.add_argument("--version", action="version", version=f"byol {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="pre-train an encoder with BYOL")
+    _add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as error:
+        print(f"byol: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("byol: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Training configuration: one dataclass, filled from defaults ← preset ← YAML file ← command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+PRESETS = ("smoke", "cpu-quickstart", "gpu")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "fashion-mnist"
+    data: str | None = None  # path; None looks in the dataset's default places
+    subset: int | None = None  # train on a seeded random subset of this many images
+    image_size: int | None = None  # None: the dataset's own size (28 / 32), 224 for folders
+    workers: int = 2  # decoding processes for folder datasets
+    # model
+    backbone: str = "resnet18"
+    width: float = 1.0
+    projection_dim: int = 256
+    projector_hidden_dim: int = 4096
+    predictor_hidden_dim: int = 4096
+    # optimisation
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.2  # base LR: the peak LR is lr × batch_size / 256
+    warmup_epochs: float = 10.0
+    optimizer: str = "lars"  # lars | sgd
+    momentum: float = 0.9
+    weight_decay: float = 1.5e-6
+    trust_coefficient: float = 1e-3
+    base_tau: float = 0.996
+    # runtime
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    channels_last: bool | None = None  # None: on for CPU and CUDA, where it measured faster
+    seed: int = 0
+    out: str = "runs/byol"
+    log_every: int = 10  # steps between metrics.jsonl lines (the only host-device syncs)
+    checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
+    stop_after_steps: int | None = None  # leave early with a resumable checkpoint (time-boxed jobs)
+    resume: bool = False
+
+    def validate(self) -> "TrainConfig":
+        from .backbones import ARCHITECTURES
+        from .data import DATASETS
+
+        def bad(option: str, message: str):
+            raise UserError(f"--{option.replace('_', '-')}: {message}")
+
+        if self.dataset not in DATASETS:
+            bad("dataset", f"unknown dataset '{self.dataset}'; choose one of {', '.join(DATASETS)}")
+        if self.backbone not in ARCHITECTURES:
+            bad("backbone", f"unknown backbone '{self.backbone}'; choose one of {', '.join(ARCHITECTURES)}")
+        for name in ("epochs", "batch_size", "log_every", "checkpoint_every", "projection_dim",
+                     "projector_hidden_dim", "predictor_hidden_dim"):
+            if getattr(self, name) <= 0:
+                bad(name, f"must be positive, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            bad("batch_size", "must be at least 2: batch norm needs two images per batch")
+        if self.width <= 0:
+            bad("width", f"must be positive, got {self.width}")
+        if self.lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            bad("lr", "lr, weight decay and warm-up must not be negative")
+        if not 0 <= self.base_tau <= 1:
+            bad("base_tau", f"must be in [0, 1], got {self.base_tau}")
+        if self.optimizer not in ("lars", "sgd"):
+            bad("optimizer", f"unknown optimizer '{self.optimizer}'; choose lars or sgd")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            bad("precision", f"unknown precision '{self.precision}'; choose auto, bf16, fp16 or fp32")
+        if self.image_size is not None and self.image_size < 8:
+            bad("image_size", f"{self.image_size} px is too small for a ResNet (at least 8)")
+        if self.subset is not None and self.subset < self.batch_size:
+            bad("subset", f"{self.subset} images make no full batch of {self.batch_size}")
+        if self.stop_after_steps is not None and self.stop_after_steps <= 0:
+            bad("stop_after_steps", "must be positive")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value, source: str):
+    """YAML gives ints for floats and strings for everything on the command line: convert, or say which key."""
+    kind = FIELDS[name].type
+    if value is None:
+        return None
+    try:
+        if "bool" in kind:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if "float" in kind:
+            return float(value)
+        if "int" in kind:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: '{name}' must be {kind.split(' |')[0]}, got {value!r}") from None
+
+
+def merge(config: TrainConfig, values: dict, source: str) -> TrainConfig:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise UserError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    updates = {k: _coerce(k, v, source) for k, v in values.items()}
+    return dataclasses.replace(config, **updates)
+
+
+def read_yaml(path: Path | str, source: str | None = None) -> dict:
+    path = Path(path)
+    source = source or str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{source}: no such file") from None
+    except OSError as error:
+        raise UserError(f"{source}: cannot read ({error.strerror})") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{source}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: expected a mapping of option: value")
+    values.pop("resolved", None)
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def preset_values(name: str) -> dict:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset '{name}' (option --preset); choose one of {', '.join(PRESETS)}")
+    resource = resources.files("byol") / "presets" / f"{name}.yaml"
+    with resources.as_file(resource) as path:
+        return read_yaml(path, source=f"preset {name}")
+
+
+def resolve(preset: str | None = None, config_file: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """defaults ← preset ← YAML file ← overrides (None values in overrides are ignored)."""
+    config = TrainConfig()
+    if preset:
+        config = merge(config, preset_values(preset), f"preset {preset}")
+    if config_file:
+        config = merge(config, read_yaml(config_file), config_file)
+    if overrides:
+        config = merge(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    return config.validate()
+
+
+# Per-invocation switches: a saved config.yaml leaves them out so it can be reused to resume.
+RUNTIME_ONLY = ("resume", "stop_after_steps")
+
+
+def save_yaml(config: TrainConfig, path: Path, resolved: dict | None = None) -> None:
+    """The config as YAML; `resolved` (derived values: peak LR, steps, device) goes under a
+    `resolved:` key, which is for reading and ignored when the file is loaded back."""
+    values = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_ONLY}
+    if resolved:
+        values["resolved"] = resolved
+    path.write_text(yaml.safe_dump(values, sort_keys=False))

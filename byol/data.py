@@ -1,0 +1,319 @@
+"""Datasets as uint8 image batches; augmentation happens later, on the training device.
+
+Two kinds of source:
+- in memory (Fashion-MNIST, CIFAR-10/100): the whole split is one uint8 tensor (N, C, H, W);
+  a batch is an index into it, no worker processes needed.
+- a folder of image files: decoded by DataLoader workers, resized (shorter side) and centre-cropped
+  to a square of `load_size` pixels, so the random crop later happens on a fixed-size image.
+
+Batch order comes from a generator seeded with (seed, epoch), so a resumed run sees the same
+batches as an uninterrupted one, and skipping ahead within an epoch costs nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "folder")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+# Per-channel statistics of the training splits, in [0, 1] units.
+STATS = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    # Folders of photos: ImageNet's statistics are the usual default.
+    "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "byol"
+
+
+@dataclass
+class ImageDataset:
+    """A split: uint8 `images` (N, C, H, W) in memory, or `files` decoded on demand."""
+
+    name: str
+    channels: int
+    native_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    images: torch.Tensor | None = None
+    files: list[Path] | None = None
+    labels: torch.Tensor | None = None
+    classes: list[str] | None = None
+    load_size: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.files)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else 0
+
+    def subset(self, count: int, seed: int) -> "ImageDataset":
+        """A seeded random subset of `count` items (all when count ≥ len)."""
+        if count is None or count >= len(self):
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(self), generator=generator)[:count].sort().values
+        return ImageDataset(
+            name=self.name, channels=self.channels, native_size=self.native_size, mean=self.mean, std=self.std,
+            images=self.images[index] if self.images is not None else None,
+            files=[self.files[i] for i in index.tolist()] if self.files is not None else None,
+            labels=self.labels[index] if self.labels is not None else None,
+            classes=self.classes, load_size=self.load_size,
+        )
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:2] != b"\x00\x00":
+                raise UserError(f"{path}: not an IDX file")
+            ndim = magic[3]
+            shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+    except (OSError, EOFError) as error:
+        raise UserError(f"{path}: cannot read ({error})") from None
+    if data.size != int(np.prod(shape)):
+        raise UserError(f"{path}: truncated ({data.size} bytes of data, expected {int(np.prod(shape))})")
+    return data.reshape(shape)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def fashion_mnist_dirs(data: str | None) -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order."""
+    if data:
+        return [Path(data)]
+    return [FASHION_MNIST_SYSTEM_DIR, cache_dir() / "fashion-mnist"]
+
+
+def _has_fashion_mnist(directory: Path) -> bool:
+    return all(_find_idx(directory, stem) for pair in FASHION_MNIST_FILES.values() for stem in pair)
+
+
+def _download_fashion_mnist(directory: Path, timeout: float = 10.0) -> bool:
+    """Best effort: fetch the four files into `directory`; False when the network does not allow it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        for pair in FASHION_MNIST_FILES.values():
+            for stem in pair:
+                target = directory / (stem + ".gz")
+                if target.exists():
+                    continue
+                with urllib.request.urlopen(FASHION_MNIST_URL + stem + ".gz", timeout=timeout) as response:
+                    payload = response.read()
+                partial = target.with_suffix(".gz.part")
+                partial.write_bytes(payload)
+                partial.replace(target)
+    except OSError:
+        return False
+    return _has_fashion_mnist(directory)
+
+
+def load_fashion_mnist(data: str | None, split: str, download: bool = True) -> ImageDataset:
+    candidates = fashion_mnist_dirs(data)
+    found = next((d for d in candidates if _has_fashion_mnist(d)), None)
+    if found is None and download and not data:
+        cache = cache_dir() / "fashion-mnist"
+        if _download_fashion_mnist(cache):
+            found = cache
+    if found is None:
+        where = ", ".join(str(d) for d in candidates)
+        raise UserError(
+            f"Fashion-MNIST not found in {where}: install it with `sudo apt-get install dataset-fashion-mnist` "
+            "or pass --data DIR holding train-images-idx3-ubyte.gz and the other three files"
+        )
+    image_stem, label_stem = FASHION_MNIST_FILES[split]
+    images = _read_idx(_find_idx(found, image_stem))
+    labels = _read_idx(_find_idx(found, label_stem))
+    return ImageDataset(
+        name="fashion-mnist", channels=1, native_size=28, mean=STATS["fashion-mnist"][0],
+        std=STATS["fashion-mnist"][1], images=torch.from_numpy(images.copy()).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)), classes=FASHION_MNIST_CLASSES,
+    )
+
+
+# ---------------------------------------------------------------- CIFAR
+
+
+def load_cifar(name: str, data: str | None, split: str, download: bool = True) -> ImageDataset:
+    from torchvision import datasets
+
+    root = Path(data) if data else cache_dir() / name
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        dataset = cls(str(root), train=(split == "train"), download=False)
+    except RuntimeError:
+        if not download:
+            raise UserError(f"{name} not found in {root} (option --data)") from None
+        try:
+            dataset = cls(str(root), train=(split == "train"), download=True)
+        except Exception:  # noqa: BLE001 - any network failure means the same thing to the user
+            raise UserError(
+                f"{name} not found in {root} and could not be downloaded: put the extracted "
+                f"'{cls.base_folder}' folder there or pass --data DIR"
+            ) from None
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    return ImageDataset(
+        name=name, channels=3, native_size=32, mean=STATS[name][0], std=STATS[name][1], images=images,
+        labels=torch.tensor(dataset.targets, dtype=torch.int64), classes=list(dataset.classes),
+    )
+
+
+# ---------------------------------------------------------------- folders of images
+
+
+def scan_folder(root: Path) -> tuple[list[Path], torch.Tensor | None, list[str] | None]:
+    """Image files under `root`; labels from the first level of sub-folders when every file is in one."""
+    if not root.exists():
+        raise UserError(f"{root}: no such folder (option --data)")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder (option --data)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise UserError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found (option --data)")
+    top = [p.relative_to(root).parts for p in files]
+    if all(len(parts) > 1 for parts in top):
+        classes = sorted({parts[0] for parts in top})
+        index = {c: i for i, c in enumerate(classes)}
+        labels = torch.tensor([index[parts[0]] for parts in top], dtype=torch.int64)
+        return files, labels, classes
+    return files, None, None
+
+
+def load_folder(data: str | None, split: str, load_size: int) -> ImageDataset:
+    if not data:
+        raise UserError("--dataset folder needs --data PATH (a folder of images)")
+    root = Path(data)
+    # A folder with train/ and test/ (or val/) sub-folders holds its own splits.
+    split_names = {"train": ("train",), "test": ("test", "val")}[split]
+    for name in split_names:
+        if (root / name).is_dir():
+            root = root / name
+            break
+    else:
+        if split == "test":
+            raise UserError(f"{data}: no test/ or val/ sub-folder to evaluate on (option --data)")
+    files, labels, classes = scan_folder(root)
+    mean, std = STATS["folder"]
+    return ImageDataset(name="folder", channels=3, native_size=load_size, mean=mean, std=std, files=files,
+                        labels=labels, classes=classes, load_size=load_size)
+
+
+def decode_image(path: Path, size: int) -> torch.Tensor:
+    """RGB uint8 (3, size, size): shorter side resized to `size`, centre crop. Raises OSError/ValueError."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+class _FolderItems(torch.utils.data.Dataset):
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        label = self.dataset.labels[index] if self.dataset.labels is not None else torch.tensor(-1)
+        try:
+            return decode_image(self.dataset.files[index], self.dataset.load_size), label, True
+        except (OSError, ValueError, SyntaxError):
+            # Kept in the batch as a black image so batch shapes stay fixed; counted by the caller.
+            return torch.zeros(3, self.dataset.load_size, self.dataset.load_size, dtype=torch.uint8), label, False
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def load_dataset(name: str, data: str | None, split: str, load_size: int = 224, download: bool = True) -> ImageDataset:
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data, split, download)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, data, split, download)
+    if name == "folder":
+        return load_folder(data, split, load_size)
+    raise UserError(f"unknown dataset '{name}' (option --dataset); choose one of {', '.join(DATASETS)}")
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(size, generator=generator)
+
+
+class BatchStream:
+    """Full batches of one epoch, in a seeded order, from batch `start` on.
+
+    Yields (uint8 images, labels or None). `bad_images` counts folder images that failed to decode.
+    """
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, workers: int = 2, pin_memory: bool = False):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.workers = workers
+        self.pin_memory = pin_memory
+        self.bad_images = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset) // self.batch_size
+
+    def epoch(self, seed: int, epoch: int, start: int = 0, shuffle: bool = True, drop_last: bool = True):
+        order = epoch_order(len(self.dataset), seed, epoch) if shuffle else torch.arange(len(self.dataset))
+        count = len(self) if drop_last else -(-len(self.dataset) // self.batch_size)
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start, count)]
+        if self.dataset.images is not None:
+            for index in batches:
+                images = self.dataset.images[index]
+                labels = self.dataset.labels[index] if self.dataset.labels is not None else None
+                yield (images.pin_memory() if self.pin_memory else images), labels
+            return
+        loader = torch.utils.data.DataLoader(
+            _FolderItems(self.dataset), batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
+            pin_memory=self.pin_memory, persistent_workers=False,
+        )
+        for images, labels, ok in loader:
+            self.bad_images += int((~ok).sum())
+            yield images, (labels if self.dataset.labels is not None else None)

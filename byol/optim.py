@@ -1,0 +1,94 @@
+"""LARS as used by BYOL, and the parameter groups that exclude biases and norm parameters."""
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def is_excluded_from_lars(name: str, param: nn.Parameter) -> bool:
+    """Biases and normalisation scales/offsets: every parameter with at most one dimension.
+
+    The official code excludes parameters named `b` (biases) and batch-norm `scale`/`offset`;
+    in PyTorch those are exactly the 0-d and 1-d parameters, whatever the module is called.
+    """
+    return param.ndim <= 1
+
+
+def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups for any model: adapted + decayed weights, and excluded biases/norm parameters.
+
+    Parameters with requires_grad=False (BYOL's target network) are left out.
+    """
+    adapted, excluded = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (excluded if is_excluded_from_lars(name, param) else adapted).append(param)
+    return [
+        {"params": adapted, "weight_decay": weight_decay, "lars_exclude": False},
+        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al. 2017) in the form BYOL's official code uses.
+
+    For each parameter w with gradient g (groups with `lars_exclude=True` skip the first two lines):
+        g ← g + weight_decay · w
+        g ← g · trust_coefficient · ‖w‖ / ‖g‖      (1 when either norm is 0)
+        v ← momentum · v + lr · g
+        w ← w − v
+    The learning rate sits inside the momentum buffer, as in the official code.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 1e-3,
+    ):
+        if lr < 0:
+            raise ValueError(f"LARS: invalid learning rate {lr}")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            lars_exclude=False,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                lr = group["lr"]
+                if not group["lars_exclude"]:
+                    if group["weight_decay"] != 0:
+                        grad = grad.add(param, alpha=group["weight_decay"])
+                    param_norm = torch.linalg.vector_norm(param)
+                    grad_norm = torch.linalg.vector_norm(grad)
+                    # torch.where keeps this free of host-device synchronisation.
+                    trust = torch.where(
+                        (param_norm > 0) & (grad_norm > 0),
+                        group["trust_coefficient"] * param_norm / grad_norm,
+                        torch.ones_like(param_norm),
+                    )
+                    grad = grad * trust
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(param)
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(grad, alpha=lr)
+                param.sub_(buf)
+        return loss

@@ -1,0 +1,312 @@
+"""`byol train`: data → augment → BYOL → loss → LARS + schedules → checkpoints and exported encoder.
+
+Read top to bottom; every piece it uses is usable on its own from `byol`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from .augment import BYOLAugment
+from .backbones import build_backbone
+from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .config import TrainConfig, save_yaml
+from .data import BatchStream, load_dataset
+from .errors import UserError
+from .model import BYOL
+from .optim import LARS, lars_param_groups
+from .schedules import learning_rate, scaled_lr, target_tau
+
+CHECKPOINT = "checkpoint.pt"
+BACKBONE = "backbone.safetensors"
+METRICS = "metrics.jsonl"
+TRAJECTORY_KEYS = ("dataset", "subset", "image_size", "backbone", "width", "projection_dim", "projector_hidden_dim",
+                   "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
+                   "weight_decay", "trust_coefficient", "base_tau", "precision", "seed")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. `auto` means bf16 wherever the device runs it natively."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them bf16 autocast on CPU is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def image_size_for(cfg: TrainConfig, native_size: int) -> int:
+    return cfg.image_size or native_size
+
+
+def build_learner(cfg: TrainConfig, channels: int, image_size: int) -> BYOL:
+    backbone = build_backbone(cfg.backbone, cfg.width, image_size, channels)
+    return BYOL(backbone, feature_dim=backbone.feature_dim, projection_dim=cfg.projection_dim,
+                projector_hidden_dim=cfg.projector_hidden_dim, predictor_hidden_dim=cfg.predictor_hidden_dim)
+
+
+def build_optimizer(cfg: TrainConfig, learner: BYOL) -> torch.optim.Optimizer:
+    groups = lars_param_groups(learner, cfg.weight_decay)
+    if cfg.optimizer == "lars":
+        return LARS(groups, lr=0.0, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+    return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
+
+
+def encoder_metadata(cfg: TrainConfig, dataset, image_size: int, feature_dim: int) -> dict[str, str]:
+    """Everything `byol eval`/`embed` need to rebuild the encoder from backbone.safetensors alone."""
+    return {
+        "format": "byol-encoder-v1",
+        "backbone": cfg.backbone,
+        "width": str(cfg.width),
+        "in_channels": str(dataset.channels),
+        "image_size": str(image_size),
+        "feature_dim": str(feature_dim),
+        "dataset": cfg.dataset,
+        "mean": json.dumps(list(dataset.mean)),
+        "std": json.dumps(list(dataset.std)),
+    }
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines logged after the checkpoint we resume from, so each step appears once."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class Progress:
+    """tqdm on a terminal; on a pipe or log file, a plain line at most every 10 s."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.last_print = 0.0
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, total: int, fields: dict) -> None:
+        if not self.enabled:
+            return
+        text = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in fields.items()}
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(text, refresh=True)
+            return
+        now = time.monotonic()
+        if now - self.last_print >= 10 or step == total:
+            self.last_print = now
+            print(f"step {step}/{total} " + " ".join(f"{k}={v}" for k, v in text.items()), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig, quiet: bool = False) -> dict:
+    """Run (or resume) one BYOL training job; return a summary. Writes into cfg.out."""
+    out = Path(cfg.out)
+    checkpoint_path = out / CHECKPOINT
+    if checkpoint_path.exists() and not cfg.resume:
+        raise UserError(f"{checkpoint_path} exists: pass --resume to continue that run, or choose another --out")
+
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_precision(cfg.precision, device)
+
+    # ---- data
+    dataset = load_dataset(cfg.dataset, cfg.data, "train", load_size=_folder_load_size(cfg))
+    dataset = dataset.subset(cfg.subset, cfg.seed)
+    image_size = image_size_for(cfg, dataset.native_size)
+    if len(dataset) < cfg.batch_size:
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training images")
+    stream = BatchStream(dataset, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(stream)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    peak_lr = scaled_lr(cfg.lr, cfg.batch_size)
+
+    # ---- augment, model, optimizer
+    augment = BYOLAugment(image_size, dataset.mean, dataset.std).to(device)
+    learner = build_learner(cfg, dataset.channels, image_size).to(device)
+    use_channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
+    memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
+    learner = learner.to(memory_format=memory_format)
+    optimizer = build_optimizer(cfg, learner)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    # ---- resume
+    step = 0
+    if cfg.resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        changed = [k for k in TRAJECTORY_KEYS if state["config"].get(k) != getattr(cfg, k)]
+        if changed:
+            log(f"warning: resuming with changed settings: {', '.join(changed)}", quiet)
+        try:
+            learner.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise UserError(f"{checkpoint_path}: does not match this configuration ({str(error).splitlines()[0]})") from None
+        scaler.load_state_dict(state.get("scaler", {})) if state.get("scaler") else None
+        _set_rng_state(state["rng"])
+        step = state["step"]
+        _truncate_metrics(out / METRICS, step)
+        log(f"resuming {checkpoint_path} at step {step}/{total_steps}", quiet)
+    elif cfg.resume:
+        log(f"--resume: no checkpoint in {out} yet, starting fresh", quiet)
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml", resolved={
+        "world_size": 1, "peak_lr": peak_lr, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+        "image_size": image_size, "device": str(device), "autocast": str(amp_dtype or "fp32"),
+    })
+
+    def checkpoint(at_step: int) -> None:
+        save_checkpoint(checkpoint_path, {
+            "format": 1, "step": at_step, "config": cfg.to_dict(), "model": learner.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "rng": _rng_state(),
+        })
+
+    # ---- train
+    learner.train()
+    progress = Progress(total_steps, step, enabled=not quiet)
+    metrics_file = open(out / METRICS, "a")
+    loss_sum = torch.zeros((), device=device)
+    window_start, window_steps = time.perf_counter(), 0
+    run_start, run_start_step = time.perf_counter(), step
+    last_loss = math.nan
+    stop_at = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
+    try:
+        while step < stop_at:
+            epoch, first_batch = divmod(step, steps_per_epoch)
+            for images, _labels in stream.epoch(cfg.seed, epoch, start=first_batch):
+                lr = learning_rate(step, total_steps, warmup_steps, peak_lr)
+                tau = target_tau(step, total_steps, cfg.base_tau)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                images = images.to(device, non_blocking=True)
+                view1, view2 = augment(images)
+                view1 = view1.contiguous(memory_format=memory_format)
+                view2 = view2.contiguous(memory_format=memory_format)
+                with autocast(device, amp_dtype):
+                    loss = learner(view1, view2)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                learner.update_target(tau)
+                loss_sum += loss.detach()
+                step += 1
+                window_steps += 1
+
+                if step % cfg.log_every == 0 or step == stop_at:
+                    last_loss = (loss_sum / window_steps).item()  # the only host-device sync
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": step, "epoch": step / steps_per_epoch, "loss": last_loss, "lr": lr, "tau": tau,
+                              "images_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9)}
+                    if not math.isfinite(last_loss):
+                        raise UserError(f"loss is {last_loss} at step {step}: lower --lr or use --precision fp32; "
+                                        f"the last good checkpoint in {out} is kept")
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                    progress.update(step, total_steps, {"loss": last_loss, "tau": tau, "lr": lr,
+                                                        "img/s": round(record["images_per_s"])})
+                    loss_sum.zero_()
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == stop_at:
+                    checkpoint(step)
+                if step >= stop_at:
+                    break
+    finally:
+        metrics_file.close()
+        progress.close()
+    wall = time.perf_counter() - run_start
+    trained = step - run_start_step
+    if stream.bad_images:
+        log(f"warning: {stream.bad_images} images could not be decoded and were replaced by black images", quiet)
+
+    summary = {"steps": step, "total_steps": total_steps, "epochs": step / steps_per_epoch, "final_loss": last_loss,
+               "wall_s": wall, "images_per_s": trained * cfg.batch_size / wall if trained else None,
+               "out": str(out), "finished": step >= total_steps, "bad_images": stream.bad_images}
+    if step < total_steps:
+        log(f"stopped at step {step}/{total_steps}; continue with: byol train --config {out / 'config.yaml'} --resume",
+            quiet)
+        return summary
+    save_weights(out / BACKBONE, learner.online_encoder.state_dict(),
+                 encoder_metadata(cfg, dataset, image_size, learner.feature_dim))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"done: {step} steps in {wall:.0f} s"
+        + (f" ({summary['images_per_s']:.0f} images/s)" if trained else "")
+        + f"; encoder weights in {out / BACKBONE}", quiet)
+    return summary
+
+
+def _folder_load_size(cfg: TrainConfig) -> int:
+    # Folder images are stored a little larger than the training size (256 for 224, as ImageNet
+    # pipelines do) so the random crop has pixels to choose from.
+    size = cfg.image_size or 224
+    return round(size * 8 / 7)

@@ -1,0 +1,63 @@
+import torch
+from torch import nn
+
+from byol import LARS, lars_param_groups
+
+
+def small_net():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+
+
+def test_groups_exclude_biases_and_norm_parameters():
+    net = small_net()
+    adapted, excluded = lars_param_groups(net, weight_decay=1e-4)
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(adapted["params"]) == {id(net[0].weight), id(net[3].weight)}
+    assert ids(excluded["params"]) == {id(net[0].bias), id(net[1].weight), id(net[1].bias), id(net[3].bias)}
+    assert excluded["weight_decay"] == 0 and excluded["lars_exclude"]
+    assert adapted["weight_decay"] == 1e-4 and not adapted["lars_exclude"]
+
+
+def test_groups_skip_frozen_parameters():
+    net = small_net()
+    net[3].weight.requires_grad_(False)
+    groups = lars_param_groups(net, 0.0)
+    assert all(p is not net[3].weight for g in groups for p in g["params"])
+
+
+def test_adapted_step_matches_formula():
+    w = nn.Parameter(torch.randn(8, 3))
+    g = torch.randn(8, 3)
+    w0 = w.detach().clone()
+    opt = LARS([{"params": [w], "weight_decay": 0.1, "lars_exclude": False}], lr=0.5, momentum=0.9,
+               trust_coefficient=1e-3)
+    w.grad = g.clone()
+    opt.step()
+    decayed = g + 0.1 * w0
+    trust = 1e-3 * w0.norm() / decayed.norm()
+    assert torch.allclose(w.detach(), w0 - 0.5 * trust * decayed, atol=1e-7)
+    # second step: momentum carries the first update
+    w1 = w.detach().clone()
+    w.grad = g.clone()
+    opt.step()
+    decayed2 = g + 0.1 * w1
+    v = 0.9 * (0.5 * trust * decayed) + 0.5 * (1e-3 * w1.norm() / decayed2.norm()) * decayed2
+    assert torch.allclose(w.detach(), w1 - v, atol=1e-7)
+
+
+def test_excluded_parameters_get_plain_momentum_sgd_without_decay():
+    b = nn.Parameter(torch.randn(7))
+    g = torch.randn(7)
+    b0 = b.detach().clone()
+    opt = LARS([{"params": [b], "weight_decay": 0.0, "lars_exclude": True}], lr=0.5, weight_decay=0.1)
+    b.grad = g.clone()
+    opt.step()
+    assert torch.allclose(b.detach(), b0 - 0.5 * g, atol=1e-7)
+
+
+def test_zero_weights_use_trust_one():
+    w = nn.Parameter(torch.zeros(4, 4))
+    opt = LARS([w], lr=1.0, momentum=0.0)
+    w.grad = torch.ones(4, 4)
+    opt.step()
+    assert torch.allclose(w.detach(), -torch.ones(4, 4))

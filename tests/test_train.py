@@ -1,0 +1,121 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from byol.checkpoint import load_checkpoint
+from byol.config import resolve
+from byol.data import FASHION_MNIST_SYSTEM_DIR
+from byol.train import train
+
+TINY = dict(subset=128, width=0.125, projection_dim=16, projector_hidden_dim=32, predictor_hidden_dim=32,
+            batch_size=32, epochs=2, log_every=1, checkpoint_every=3, warmup_epochs=0.5, lr=0.4, base_tau=0.97,
+            device="cpu", precision="fp32")
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "byol", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_smoke_preset_end_to_end(tmp_path):
+    out = tmp_path / "smoke"
+    result = run_cli("train", "--preset", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for name in ("checkpoint.pt", "config.yaml", "metrics.jsonl", "backbone.safetensors"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines and {"step", "epoch", "loss", "lr", "tau", "images_per_s"} <= set(lines[0])
+    assert [r["step"] for r in lines] == sorted({r["step"] for r in lines})
+    assert lines[-1]["loss"] < lines[0]["loss"]  # it learns something even in 16 steps
+    weights = load_file(str(out / "backbone.safetensors"))
+    assert "conv1.weight" in weights and not any(k.startswith(("target", "predictor")) for k in weights)
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == lines[-1]["step"]
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, fashion_dir):
+    straight = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "straight")})
+    train(straight, quiet=True)
+
+    interrupted = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "resumed"),
+                                     "stop_after_steps": 3})
+    summary = train(interrupted, quiet=True)
+    assert summary["steps"] == 3 and not summary["finished"]
+    assert not (tmp_path / "resumed" / "backbone.safetensors").exists()
+    # resume in a fresh process state: a different global seed must not matter
+    torch.manual_seed(1234)
+    resumed = resolve(config_file=str(tmp_path / "resumed" / "config.yaml"), overrides={"resume": True})
+    assert train(resumed, quiet=True)["finished"]
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 8
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    wa = load_file(str(tmp_path / "straight" / "backbone.safetensors"))
+    wb = load_file(str(tmp_path / "resumed" / "backbone.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    losses_a = [json.loads(x)["loss"] for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    losses_b = [json.loads(x)["loss"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert losses_a == losses_b
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path, fashion_dir):
+    args = ["train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), "--subset", "64", "--batch-size",
+            "32", "--epochs", "1", "--width", "0.125", "--projector-hidden-dim", "32", "--predictor-hidden-dim", "32",
+            "--quiet"]
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args)
+    assert again.returncode == 2
+    assert again.stderr.strip().count("\n") == 0 and "--resume" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path, fashion_dir):
+    cfg = resolve(overrides={**TINY, "epochs": 1, "data": str(fashion_dir), "out": str(tmp_path / "r"),
+                             "resume": True})
+    assert train(cfg, quiet=True)["finished"]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--dataset", "fashion-mnist", "--data", "/nonexistent/fm"], "/nonexistent/fm"),
+    (["--dataset", "folder", "--data", "/nonexistent/imgs"], "/nonexistent/imgs"),
+    (["--batch-size", "1"], "--batch-size"),
+    (["--config", "/nonexistent/c.yaml"], "/nonexistent/c.yaml"),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, expected):
+    result = run_cli("train", "--out", str(tmp_path / "x"), *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and expected in result.stderr
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+def test_folder_dataset_trains(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for label in ("cats", "dogs"):
+        (root / label).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(torch.randint(0, 256, (40, 50, 3), dtype=torch.uint8).numpy()).save(root / label / f"{i}.png")
+    (root / "cats" / "broken.jpg").write_bytes(b"not an image")
+    cfg = resolve(overrides={**TINY, "dataset": "folder", "data": str(root), "image_size": 32, "epochs": 1,
+                             "subset": None, "workers": 0, "out": str(tmp_path / "run")})
+    summary = train(cfg, quiet=True)
+    assert summary["finished"] and summary["steps"] == 1
+    assert summary["bad_images"] in (0, 1)  # counted when the broken file lands in the full batch
+
+
+def test_python_dash_m_and_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and "byol" in result.stdout
