@@ -73,6 +73,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .report import evaluate_encoder, format_table, log_to_tensorboard, parse_protocols, public, write_plots
+
+    protocols = parse_protocols(args.protocol)
+    run_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = evaluate_encoder(args.checkpoint, protocols, args.dataset, args.data, args.device,
+                              baselines=not args.no_baselines, linear_epochs=args.linear_epochs,
+                              semi_epochs=args.semi_epochs, seed=args.seed, quiet=args.json, run_dir=run_dir)
+    from .checkpoint import atomic_write
+
+    atomic_write(run_dir / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(public(report), indent=2) + "\n"))
+    plots = write_plots(run_dir, report)
+    log_to_tensorboard(run_dir, report)
+    if args.json:
+        print(json.dumps(public(report)))
+    else:
+        print(format_table(report))
+        print(f"\nwritten: {run_dir / 'eval.json'}" + "".join(f", {p.name}" for p in plots))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import json
+
+    from .report import embed
+
+    print(json.dumps(embed(args.checkpoint, args.data, args.out, args.device, args.batch_size)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from .report import export
+
+    print(json.dumps(export(args.checkpoint, args.out)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -82,6 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="pre-train an encoder with BYOL")
     _add_train_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    from .data import DATASETS
+
+    evaluate = commands.add_parser("eval", help="kNN, linear probe and semi-supervised fine-tune of an encoder")
+    evaluate.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt or backbone.safetensors")
+    evaluate.add_argument("--protocol", default="knn,linear", help="comma-separated: knn, linear, semi")
+    evaluate.add_argument("--dataset", choices=DATASETS, help="default: the dataset the encoder was trained on")
+    evaluate.add_argument("--data", metavar="PATH")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--out", metavar="DIR", help="where eval.json and plots go (default: the checkpoint's folder)")
+    evaluate.add_argument("--no-baselines", action="store_true", help="skip random-init and raw-pixel baselines")
+    evaluate.add_argument("--linear-epochs", type=int, default=100)
+    evaluate.add_argument("--semi-epochs", type=int, default=30)
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the semi-supervised label subsets")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    evaluate.set_defaults(func=cmd_eval)
+
+    embed = commands.add_parser("embed", help="feature matrix of a folder of images")
+    embed.add_argument("--checkpoint", required=True, metavar="FILE")
+    embed.add_argument("--data", required=True, metavar="PATH", help="folder of images")
+    embed.add_argument("--out", required=True, metavar="FILE", help="features.npy (+ .files.txt) or .safetensors")
+    embed.add_argument("--device", default="auto")
+    embed.add_argument("--batch-size", type=int, default=256)
+    embed.set_defaults(func=cmd_embed)
+
+    export = commands.add_parser("export", help="write the online encoder of a checkpoint as safetensors")
+    export.add_argument("--checkpoint", required=True, metavar="FILE")
+    export.add_argument("--out", required=True, metavar="FILE")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -46,6 +46,11 @@ class TrainConfig:
     out: str = "runs/byol"
     log_every: int = 10  # steps between metrics.jsonl lines (the only host-device syncs)
     checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
+    knn_every: int = 1  # epochs between kNN monitor evaluations (0: off); needs labels
+    knn_bank: int = 10000  # training images in the monitor's kNN bank
+    knn_test: int = 2000  # test images the monitor scores
+    online_probe: bool = True  # linear classifier on the detached representation, its own optimizer
+    tensorboard: bool = True
     stop_after_steps: int | None = None  # leave early with a resumable checkpoint (time-boxed jobs)
     resume: bool = False
 
@@ -60,7 +65,9 @@ class TrainConfig:
             bad("dataset", f"unknown dataset '{self.dataset}'; choose one of {', '.join(DATASETS)}")
         if self.backbone not in ARCHITECTURES:
             bad("backbone", f"unknown backbone '{self.backbone}'; choose one of {', '.join(ARCHITECTURES)}")
-        for name in ("epochs", "batch_size", "log_every", "checkpoint_every", "projection_dim",
+        if self.knn_every < 0:
+            bad("knn_every", "must be 0 (off) or a number of epochs")
+        for name in ("epochs", "batch_size", "log_every", "knn_bank", "knn_test", "checkpoint_every", "projection_dim",
                      "projector_hidden_dim", "predictor_hidden_dim"):
             if getattr(self, name) <= 0:
                 bad(name, f"must be positive, got {getattr(self, name)}")

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from .augment import BYOLAugment
+from .augment import BYOLAugment, EvalTransform
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .config import TrainConfig, save_yaml
 from .data import BatchStream, load_dataset
 from .errors import UserError
 from .model import BYOL
+from .monitor import Monitor, TensorBoard
 from .optim import LARS, lars_param_groups
 from .schedules import learning_rate, scaled_lr, target_tau
 
@@ -95,19 +96,15 @@ def build_optimizer(cfg: TrainConfig, learner: BYOL) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
 
 
-def encoder_metadata(cfg: TrainConfig, dataset, image_size: int, feature_dim: int) -> dict[str, str]:
-    """Everything `byol eval`/`embed` need to rebuild the encoder from backbone.safetensors alone."""
-    return {
-        "format": "byol-encoder-v1",
-        "backbone": cfg.backbone,
-        "width": str(cfg.width),
-        "in_channels": str(dataset.channels),
-        "image_size": str(image_size),
-        "feature_dim": str(feature_dim),
-        "dataset": cfg.dataset,
-        "mean": json.dumps(list(dataset.mean)),
-        "std": json.dumps(list(dataset.std)),
-    }
+def encoder_info(cfg: TrainConfig, dataset, image_size: int, feature_dim: int) -> dict:
+    """Everything `byol eval`/`embed` need to rebuild the encoder (see evaluate.EncoderInfo)."""
+    return {"backbone": cfg.backbone, "width": cfg.width, "in_channels": dataset.channels, "image_size": image_size,
+            "feature_dim": feature_dim, "dataset": cfg.dataset, "mean": list(dataset.mean), "std": list(dataset.std)}
+
+
+def safetensors_metadata(info: dict) -> dict[str, str]:
+    return {"format": "byol-encoder-v1", **{k: json.dumps(v) if isinstance(v, list) else str(v)
+                                             for k, v in info.items()}}
 
 
 def _rng_state() -> dict:
@@ -196,6 +193,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
     learner = learner.to(memory_format=memory_format)
     optimizer = build_optimizer(cfg, learner)
+    info = encoder_info(cfg, dataset, image_size, learner.feature_dim)
+    monitor = Monitor(cfg, dataset, learner.feature_dim, image_size, device, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     # ---- resume
@@ -208,6 +207,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         try:
             learner.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            monitor.load_state_dict(state.get("monitor"))
         except (RuntimeError, ValueError, KeyError) as error:
             raise UserError(f"{checkpoint_path}: does not match this configuration ({str(error).splitlines()[0]})") from None
         scaler.load_state_dict(state.get("scaler", {})) if state.get("scaler") else None
@@ -228,13 +228,15 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         save_checkpoint(checkpoint_path, {
             "format": 1, "step": at_step, "config": cfg.to_dict(), "model": learner.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "rng": _rng_state(),
+            "rng": _rng_state(), "encoder_info": info, "monitor": monitor.state_dict(),
         })
 
     # ---- train
     learner.train()
     progress = Progress(total_steps, step, enabled=not quiet)
     metrics_file = open(out / METRICS, "a")
+    board = TensorBoard(out / "tensorboard" if cfg.tensorboard else None)
+    augment_eval = EvalTransform(image_size, dataset.mean, dataset.std).to(device)
     loss_sum = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
     run_start, run_start_step = time.perf_counter(), step
@@ -243,7 +245,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     try:
         while step < stop_at:
             epoch, first_batch = divmod(step, steps_per_epoch)
-            for images, _labels in stream.epoch(cfg.seed, epoch, start=first_batch):
+            for images, labels in stream.epoch(cfg.seed, epoch, start=first_batch):
                 lr = learning_rate(step, total_steps, warmup_steps, peak_lr)
                 tau = target_tau(step, total_steps, cfg.base_tau)
                 for group in optimizer.param_groups:
@@ -253,36 +255,44 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
                 view1 = view1.contiguous(memory_format=memory_format)
                 view2 = view2.contiguous(memory_format=memory_format)
                 with autocast(device, amp_dtype):
-                    loss = learner(view1, view2)
+                    loss, (representation, _) = learner(view1, view2, return_representations=True)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 learner.update_target(tau)
+                monitor.probe_step(representation, labels, step, amp_dtype)
                 loss_sum += loss.detach()
                 step += 1
                 window_steps += 1
 
-                if step % cfg.log_every == 0 or step == stop_at:
+                end_of_epoch = step % steps_per_epoch == 0
+                if step % cfg.log_every == 0 or step == stop_at or end_of_epoch:
                     last_loss = (loss_sum / window_steps).item()  # the only host-device sync
                     elapsed = time.perf_counter() - window_start
                     record = {"step": step, "epoch": step / steps_per_epoch, "loss": last_loss, "lr": lr, "tau": tau,
                               "images_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9)}
+                    record.update(monitor.log_values())
                     if not math.isfinite(last_loss):
                         raise UserError(f"loss is {last_loss} at step {step}: lower --lr or use --precision fp32; "
                                         f"the last good checkpoint in {out} is kept")
+                    if end_of_epoch and monitor.knn_due(step // steps_per_epoch, cfg.epochs):
+                        record["knn_top1"] = monitor.knn(learner.online_encoder, augment_eval)
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
+                    board.log(record)
                     progress.update(step, total_steps, {"loss": last_loss, "tau": tau, "lr": lr,
-                                                        "img/s": round(record["images_per_s"])})
+                                                        "img/s": round(record["images_per_s"]),
+                                                        **monitor.progress_fields(record)})
                     loss_sum.zero_()
                     window_start, window_steps = time.perf_counter(), 0
-                if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == stop_at:
+                if step % cfg.checkpoint_every == 0 or end_of_epoch or step == stop_at:
                     checkpoint(step)
                 if step >= stop_at:
                     break
     finally:
         metrics_file.close()
+        board.close()
         progress.close()
     wall = time.perf_counter() - run_start
     trained = step - run_start_step
@@ -296,8 +306,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         log(f"stopped at step {step}/{total_steps}; continue with: byol train --config {out / 'config.yaml'} --resume",
             quiet)
         return summary
-    save_weights(out / BACKBONE, learner.online_encoder.state_dict(),
-                 encoder_metadata(cfg, dataset, image_size, learner.feature_dim))
+    save_weights(out / BACKBONE, learner.online_encoder.state_dict(), safetensors_metadata(info))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"done: {step} steps in {wall:.0f} s"
         + (f" ({summary['images_per_s']:.0f} images/s)" if trained else "")

@@ -1,0 +1,135 @@
+"""What a run shows while it trains, without changing what it learns.
+
+- Online linear probe (as the official code and solo-learn do): a classifier on the *detached*
+  representation of view 1, with its own SGD optimizer, so BYOL's parameters, optimizer state and
+  RNG stream are exactly what they would be without it.
+- kNN monitor: every `knn_every` epochs, kNN top-1 (k=200, cosine, T=0.07) of a seeded test subset
+  against a seeded training bank, with the encoder in eval mode (running statistics untouched).
+- TensorBoard scalars for every numeric field of metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+
+class Monitor:
+    def __init__(self, cfg, dataset, feature_dim: int, image_size: int, device: torch.device, total_steps: int):
+        self.device = device
+        self.total_steps = total_steps
+        self.knn_every = cfg.knn_every
+        has_labels = dataset.labels is not None and dataset.num_classes > 1
+        self.num_classes = dataset.num_classes
+        self.probe = None
+        if cfg.online_probe and has_labels:
+            self.probe = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
+                                       nn.Linear(feature_dim, dataset.num_classes)).to(device)
+            self.optimizer = torch.optim.SGD(self.probe.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+            self.correct = torch.zeros((), device=device)
+            self.seen = torch.zeros((), device=device)
+        self.bank = self.test = None
+        if self.knn_every and has_labels:
+            from .data import load_dataset
+
+            try:
+                test = load_dataset(cfg.dataset, cfg.data, "test", load_size=dataset.load_size or image_size)
+            except UserError as error:
+                print(f"kNN monitor off: {error}", file=sys.stderr)
+            else:
+                from .evaluate import dataset_images
+
+                bank = dataset.subset(cfg.knn_bank, cfg.seed + 1)
+                test = test.subset(cfg.knn_test, cfg.seed + 2)
+                size = dataset.load_size or image_size
+                self.bank = (dataset_images(bank, size), bank.labels)
+                self.test = (dataset_images(test, size), test.labels)
+
+    # ---- online probe
+
+    def probe_step(self, representation: torch.Tensor, labels: torch.Tensor | None, step: int, amp_dtype) -> None:
+        if self.probe is None or labels is None:
+            return
+        labels = labels.to(self.device, non_blocking=True)
+        logits = self.probe(representation.detach().float())
+        loss = F.cross_entropy(logits, labels)
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.1 * (math.cos(math.pi * min(step / max(self.total_steps, 1), 1.0)) + 1) / 2
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def log_values(self) -> dict:
+        if self.probe is None or self.seen.item() == 0:
+            return {}
+        value = {"probe_top1": 100.0 * (self.correct / self.seen).item()}
+        self.correct.zero_()
+        self.seen.zero_()
+        return value
+
+    # ---- kNN monitor
+
+    def knn_due(self, epoch: int, epochs: int) -> bool:
+        return self.bank is not None and (epoch % self.knn_every == 0 or epoch == epochs)
+
+    def knn(self, encoder: nn.Module, transform: nn.Module) -> float:
+        from .evaluate import extract_features, knn_accuracy
+
+        bank = extract_features(encoder, self.bank[0], transform, self.device)
+        test = extract_features(encoder, self.test[0], transform, self.device)
+        return knn_accuracy(bank, self.bank[1], test, self.test[1], self.num_classes, k=200)
+
+    # ---- resume
+
+    def state_dict(self) -> dict | None:
+        if self.probe is None:
+            return None
+        return {"probe": self.probe.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.probe is not None and state:
+            self.probe.load_state_dict(state["probe"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    @staticmethod
+    def progress_fields(record: dict) -> dict:
+        fields = {}
+        if "probe_top1" in record:
+            fields["probe"] = round(record["probe_top1"], 1)
+        if "knn_top1" in record:
+            fields["knn"] = round(record["knn_top1"], 1)
+        return fields
+
+
+class TensorBoard:
+    """Scalars under `directory` (None: off). tensorboard is imported only when used."""
+
+    def __init__(self, directory: Path | None):
+        self.writer = None
+        if directory is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)", file=sys.stderr)
+                return
+            self.writer = SummaryWriter(str(directory))
+
+    def log(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
