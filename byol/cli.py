@@ -42,6 +42,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", metavar="DIR", help="run folder (checkpoint, config, metrics, weights)")
     add("--log-every", type=int, metavar="STEPS")
     add("--checkpoint-every", type=int, metavar="STEPS")
+    add("--knn-every", type=int, metavar="EPOCHS", help="kNN monitor every N epochs (0: off)")
+    add("--knn-bank", type=int, metavar="N", help="training images in the kNN monitor's bank")
+    add("--knn-test", type=int, metavar="N", help="test images the kNN monitor scores")
+    add("--online-probe", action=argparse.BooleanOptionalAction, default=None,
+        help="linear classifier on the detached representation during training")
+    add("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
     add("--stop-after-steps", type=int, metavar="N", help="stop at step N with a resumable checkpoint")
     add("--resume", action="store_true", default=None, help="continue from DIR/checkpoint.pt if there is one")
     add("--quiet", action="store_true", help="no progress output")
@@ -51,7 +57,8 @@ TRAIN_OPTION_NAMES = (
     "dataset", "data", "subset", "image_size", "workers", "backbone", "width", "projection_dim",
     "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer",
     "momentum", "weight_decay", "trust_coefficient", "base_tau", "device", "precision", "channels_last", "seed",
-    "out", "log_every", "checkpoint_every", "stop_after_steps", "resume",
+    "out", "log_every", "checkpoint_every", "knn_every", "knn_bank", "knn_test", "online_probe", "tensorboard",
+    "stop_after_steps", "resume",
 )
 
 
@@ -136,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", metavar="DIR", help="where eval.json and plots go (default: the checkpoint's folder)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip random-init and raw-pixel baselines")
-    evaluate.add_argument("--linear-epochs", type=int, default=100)
+    evaluate.add_argument("--linear-epochs", type=int, default=30)
     evaluate.add_argument("--semi-epochs", type=int, default=30)
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the semi-supervised label subsets")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

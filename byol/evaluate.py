@@ -177,8 +177,8 @@ def _fit_linear(features, labels, num_classes, weight_decay, epochs, batch_size,
     return head
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, num_classes, epochs: int = 100,
-                 batch_size: int = 1024, lr: float = 0.1, weight_decays=(0.0, 1e-5, 1e-4, 1e-3),
+def linear_probe(train_features, train_labels, test_features, test_labels, num_classes, epochs: int = 30,
+                 batch_size: int = 1024, lr: float = 0.1, weight_decays=(0.0, 1e-4, 1e-3),
                  seed: int = 0) -> dict:
     """Top-1/top-5 of a linear classifier on frozen features; weight decay chosen on held-out train data."""
     mean = train_features.mean(0, keepdim=True)

@@ -30,8 +30,11 @@ class Monitor:
         self.num_classes = dataset.num_classes
         self.probe = None
         if cfg.online_probe and has_labels:
-            self.probe = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
-                                       nn.Linear(feature_dim, dataset.num_classes)).to(device)
+            # Initialised from its own seed so the global RNG (augmentations) is untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 3)
+                self.probe = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
+                                           nn.Linear(feature_dim, dataset.num_classes)).to(device)
             self.optimizer = torch.optim.SGD(self.probe.parameters(), lr=0.1, momentum=0.9, nesterov=True)
             self.correct = torch.zeros((), device=device)
             self.seen = torch.zeros((), device=device)

@@ -39,7 +39,7 @@ def _score_features(prefix: str, train_x, train_y, test_x, test_y, num_classes, 
 
 
 def evaluate_encoder(checkpoint: str, protocols: list[str], dataset_name: str | None = None, data: str | None = None,
-                     device: str = "auto", baselines: bool = True, linear_epochs: int = 100, semi_epochs: int = 30,
+                     device: str = "auto", baselines: bool = True, linear_epochs: int = 30, semi_epochs: int = 30,
                      seed: int = 0, quiet: bool = False, run_dir: Path | None = None) -> dict:
     """All requested protocols on the encoder in `checkpoint`, plus random-init and raw-pixel baselines."""
     from .train import resolve_device

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from byol.evaluate import balanced_subset, knn_accuracy, knn_predict, linear_probe, top_k_accuracy
+
+
+def clusters(n_per_class=100, classes=5, dim=16, spread=0.05, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=generator) * 3
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    features = centres[labels] + spread * torch.randn(len(labels), dim, generator=generator)
+    return features, labels
+
+
+def test_knn_and_linear_are_perfect_on_separable_clusters():
+    train_x, train_y = clusters(seed=0)
+    test_x, test_y = clusters(n_per_class=40, seed=0)
+    test_x = test_x + 0.05 * torch.randn_like(test_x)
+    assert knn_accuracy(train_x, train_y, test_x, test_y, 5, k=20) == 100.0
+    result = linear_probe(train_x, train_y, test_x, test_y, 5, epochs=30, weight_decays=(0.0,))
+    assert result["top1"] == 100.0 and result["top5"] == 100.0
+
+
+def test_random_labels_give_chance():
+    generator = torch.Generator().manual_seed(1)
+    train_x, test_x = torch.randn(2000, 32, generator=generator), torch.randn(1000, 32, generator=generator)
+    train_y, test_y = torch.randint(0, 10, (2000,), generator=generator), torch.randint(0, 10, (1000,), generator=generator)
+    assert abs(knn_accuracy(train_x, train_y, test_x, test_y, 10, k=200) - 10) < 4
+    assert abs(linear_probe(train_x, train_y, test_x, test_y, 10, epochs=20, weight_decays=(0.0,))["top1"] - 10) < 4
+
+
+def test_knn_weighted_vote_by_hand():
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    query = torch.tensor([[0.2, 1.0]])
+    scores = knn_predict(bank, labels, query, k=3, num_classes=2, temperature=0.07)
+    sims = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T
+    weights = (sims / 0.07).exp()[0]
+    assert torch.allclose(scores[0], torch.stack([weights[0] + weights[1], weights[2]]), rtol=1e-5)
+    # k=1 takes only the nearest neighbour
+    assert knn_predict(bank, labels, query, k=1, num_classes=2)[0].argmax() == 1
+
+
+def test_top_k_accuracy():
+    scores = torch.tensor([[0.1, 0.5, 0.4], [0.8, 0.1, 0.1]])
+    labels = torch.tensor([2, 0])
+    assert top_k_accuracy(scores, labels, 1) == 50.0
+    assert top_k_accuracy(scores, labels, 2) == 100.0
+
+
+def test_balanced_subset_is_deterministic_and_balanced():
+    labels = torch.arange(10).repeat_interleave(600)[torch.randperm(6000)]
+    a = balanced_subset(labels, 0.01, seed=3)
+    b = balanced_subset(labels, 0.01, seed=3)
+    c = balanced_subset(labels, 0.01, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len(a) == 60 and len(set(a.tolist())) == 60
+    assert torch.bincount(labels[a], minlength=10).tolist() == [6] * 10
+    assert len(balanced_subset(labels, 0.10, seed=3)) == 600
+
+
+def test_linear_probe_picks_weight_decay_on_held_out_data():
+    train_x, train_y = clusters(spread=2.0)
+    test_x, test_y = clusters(n_per_class=20, spread=2.0, seed=1)
+    result = linear_probe(train_x, train_y, test_x, test_y, 5, epochs=5, weight_decays=(0.0, 1e-3))
+    assert result["weight_decay"] in (0.0, 1e-3)
+    assert 0 <= result["top1"] <= 100
