@@ -21,6 +21,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--subset", type=int, metavar="N", help="train on a seeded random subset of N images")
     add("--image-size", type=int, metavar="PX", help="training resolution (default: the dataset's own)")
     add("--workers", type=int, help="image-decoding processes for --dataset folder")
+    add("--crop-min-scale", type=float, metavar="S", help="smallest random-crop area fraction (paper: 0.08)")
     add("--backbone", choices=list(ARCHITECTURES))
     add("--width", type=float, help="channel-width multiplier of the ResNet (0.25 = quarter width)")
     add("--projection-dim", type=int)
@@ -54,7 +55,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 TRAIN_OPTION_NAMES = (
-    "dataset", "data", "subset", "image_size", "workers", "backbone", "width", "projection_dim",
+    "dataset", "data", "subset", "image_size", "workers", "crop_min_scale", "backbone", "width", "projection_dim",
     "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer",
     "momentum", "weight_decay", "trust_coefficient", "base_tau", "device", "precision", "channels_last", "seed",
     "out", "log_every", "checkpoint_every", "knn_every", "knn_bank", "knn_test", "online_probe", "tensorboard",

@@ -22,6 +22,8 @@ class TrainConfig:
     subset: int | None = None  # train on a seeded random subset of this many images
     image_size: int | None = None  # None: the dataset's own size (28 / 32), 224 for folders
     workers: int = 2  # decoding processes for folder datasets
+    # augmentation
+    crop_min_scale: float = 0.08  # smallest crop area fraction (the paper's 0.08)
     # model
     backbone: str = "resnet18"
     width: float = 1.0
@@ -85,6 +87,8 @@ class TrainConfig:
             bad("precision", f"unknown precision '{self.precision}'; choose auto, bf16, fp16 or fp32")
         if self.image_size is not None and self.image_size < 8:
             bad("image_size", f"{self.image_size} px is too small for a ResNet (at least 8)")
+        if not 0 < self.crop_min_scale <= 1:
+            bad("crop_min_scale", f"must be in (0, 1], got {self.crop_min_scale}")
         if self.subset is not None and self.subset < self.batch_size:
             bad("subset", f"{self.subset} images make no full batch of {self.batch_size}")
         if self.stop_after_steps is not None and self.stop_after_steps <= 0:

@@ -5,6 +5,7 @@ Read top to bottom; every piece it uses is usable on its own from `byol`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .augment import BYOLAugment, EvalTransform
+from .augment import VIEW1, VIEW2, BYOLAugment, EvalTransform
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .config import TrainConfig, save_yaml
@@ -187,7 +188,9 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     peak_lr = scaled_lr(cfg.lr, cfg.batch_size)
 
     # ---- augment, model, optimizer
-    augment = BYOLAugment(image_size, dataset.mean, dataset.std).to(device)
+    crop_scale = (cfg.crop_min_scale, 1.0)
+    augment = BYOLAugment(image_size, dataset.mean, dataset.std, dataclasses.replace(VIEW1, crop_scale=crop_scale),
+                          dataclasses.replace(VIEW2, crop_scale=crop_scale)).to(device)
     learner = build_learner(cfg, dataset.channels, image_size).to(device)
     use_channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
     memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
