@@ -146,14 +146,19 @@ def write_plots(run_dir: Path, report: dict) -> list[Path]:
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
         if metrics_path.exists() else []
     for name, key, ylabel in (("loss.png", "loss", "BYOL loss"), ("knn.png", "knn_top1", "kNN top-1 (%)")):
-        points = [(r["epoch"], r[key]) for r in records if key in r]
+        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
         if not points:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(*zip(*points), marker="o" if key == "knn_top1" else None)
-        if key == "knn_top1" and "random_init_knn_top1" in report:
-            ax.axhline(report["random_init_knn_top1"], color="grey", linestyle="--", label="random-init encoder")
-            ax.legend()
+        if key == "knn_top1":
+            ax.plot(*zip(*points), marker="o", label="monitor (training-bank / test subsets; epoch 0 = untrained)")
+            for field, label, style in (("knn_top1", "full eval: BYOL", "-"),
+                                        ("random_init_knn_top1", "full eval: random init", "--")):
+                if field in report:
+                    ax.axhline(report[field], color="grey", linestyle=style, label=label)
+            ax.legend(fontsize=8)
+        else:
+            ax.plot(*zip(*points))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

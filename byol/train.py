@@ -29,7 +29,7 @@ from .schedules import learning_rate, scaled_lr, target_tau
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.safetensors"
 METRICS = "metrics.jsonl"
-TRAJECTORY_KEYS = ("dataset", "subset", "image_size", "backbone", "width", "projection_dim", "projector_hidden_dim",
+TRAJECTORY_KEYS = ("dataset", "subset", "image_size", "crop_min_scale", "backbone", "width", "projection_dim", "projector_hidden_dim",
                    "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
                    "weight_decay", "trust_coefficient", "base_tau", "precision", "seed")
 
@@ -213,7 +213,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
             monitor.load_state_dict(state.get("monitor"))
         except (RuntimeError, ValueError, KeyError) as error:
             raise UserError(f"{checkpoint_path}: does not match this configuration ({str(error).splitlines()[0]})") from None
-        scaler.load_state_dict(state.get("scaler", {})) if state.get("scaler") else None
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         step = state["step"]
         _truncate_metrics(out / METRICS, step)
@@ -235,11 +236,18 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         })
 
     # ---- train
+    board = TensorBoard(out / "tensorboard" if cfg.tensorboard else None)
+    augment_eval = EvalTransform(image_size, dataset.mean, dataset.std).to(device)
+    if step == 0 and monitor.knn_due(0, cfg.epochs):
+        # The untrained encoder on the monitor's own subsets: the curve's honest starting point.
+        record = {"step": 0, "epoch": 0.0, "knn_top1": monitor.knn(learner.online_encoder, augment_eval)}
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        board.log(record)
+        log(f"kNN monitor before training: {record['knn_top1']:.2f}%", quiet)
     learner.train()
     progress = Progress(total_steps, step, enabled=not quiet)
     metrics_file = open(out / METRICS, "a")
-    board = TensorBoard(out / "tensorboard" if cfg.tensorboard else None)
-    augment_eval = EvalTransform(image_size, dataset.mean, dataset.std).to(device)
     loss_sum = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
     run_start, run_start_step = time.perf_counter(), step
