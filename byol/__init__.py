@@ -10,7 +10,7 @@ The core works inside your own training loop:
 
 __version__ = "0.1.0"
 
-from .augment import BYOLAugment, ViewAugment, ViewConfig, VIEW1, VIEW2
+from .augment import VIEW1, VIEW2, BYOLAugment, ViewAugment, ViewConfig
 from .backbones import build_backbone
 from .loss import byol_loss
 from .model import BYOL, MLPHead
@@ -18,6 +18,18 @@ from .optim import LARS, lars_param_groups
 from .schedules import learning_rate, scaled_lr, target_tau
 
 __all__ = [
-    "BYOL", "BYOLAugment", "LARS", "MLPHead", "VIEW1", "VIEW2", "ViewAugment", "ViewConfig", "build_backbone",
-    "byol_loss", "lars_param_groups", "learning_rate", "scaled_lr", "target_tau",
+    "BYOL",
+    "LARS",
+    "VIEW1",
+    "VIEW2",
+    "BYOLAugment",
+    "MLPHead",
+    "ViewAugment",
+    "ViewConfig",
+    "build_backbone",
+    "byol_loss",
+    "lars_param_groups",
+    "learning_rate",
+    "scaled_lr",
+    "target_tau",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -56,7 +56,7 @@ class TrainConfig:
     stop_after_steps: int | None = None  # leave early with a resumable checkpoint (time-boxed jobs)
     resume: bool = False
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         from .backbones import ARCHITECTURES
         from .data import DATASETS
 

@@ -72,7 +72,7 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.classes) if self.classes else 0
 
-    def subset(self, count: int, seed: int) -> "ImageDataset":
+    def subset(self, count: int, seed: int) -> ImageDataset:
         """A seeded random subset of `count` items (all when count ≥ len)."""
         if count is None or count >= len(self):
             return self

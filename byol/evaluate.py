@@ -25,12 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import EvalTransform, crop_and_flip, ViewConfig
+from .augment import EvalTransform, ViewConfig, crop_and_flip
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint, load_weights
 from .data import ImageDataset
 from .errors import UserError
-
 
 # ---------------------------------------------------------------- loading an encoder
 

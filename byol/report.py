@@ -12,8 +12,17 @@ import torch
 from .augment import EvalTransform
 from .data import load_dataset
 from .errors import UserError
-from .evaluate import (balanced_subset, dataset_images, extract_features, fine_tune, knn_accuracy, linear_probe,
-                       load_encoder, pixel_features, random_encoder)
+from .evaluate import (
+    balanced_subset,
+    dataset_images,
+    extract_features,
+    fine_tune,
+    knn_accuracy,
+    linear_probe,
+    load_encoder,
+    pixel_features,
+    random_encoder,
+)
 
 PROTOCOLS = ("knn", "linear", "semi")
 SEMI_FRACTIONS = {"1pct": 0.01, "10pct": 0.10}
@@ -233,7 +242,11 @@ def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size
     if out_path.suffix == ".npy":
         import numpy as np
 
-        atomic_write(out_path, lambda tmp: np.save(open(tmp, "wb"), features.numpy()))
+        def write_npy(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, features.numpy())
+
+        atomic_write(out_path, write_npy)
         atomic_write(out_path.with_suffix(".files.txt"), lambda tmp: Path(tmp).write_text("\n".join(names) + "\n"))
     else:
         from safetensors.torch import save_file

@@ -6,8 +6,15 @@ import torch
 import torchvision.transforms.functional as TF
 
 from byol import VIEW1, VIEW2, BYOLAugment, ViewAugment, ViewConfig
-from byol.augment import (_crop_boxes, adjust_contrast, adjust_hue, adjust_saturation, gaussian_blur, hsv_to_rgb,
-                          rgb_to_hsv)
+from byol.augment import (
+    _crop_boxes,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    gaussian_blur,
+    hsv_to_rgb,
+    rgb_to_hsv,
+)
 
 N = 3000  # images per frequency test: 3.5σ of a p=0.5 frequency is ±0.032
 OFF = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from byol.evaluate import balanced_subset, knn_accuracy, knn_predict, linear_probe, top_k_accuracy

@@ -11,7 +11,7 @@ def small_net():
 def test_groups_exclude_biases_and_norm_parameters():
     net = small_net()
     adapted, excluded = lars_param_groups(net, weight_decay=1e-4)
-    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    ids = lambda ps: {id(p) for p in ps}
     assert ids(adapted["params"]) == {id(net[0].weight), id(net[3].weight)}
     assert ids(excluded["params"]) == {id(net[0].bias), id(net[1].weight), id(net[1].bias), id(net[3].bias)}
     assert excluded["weight_decay"] == 0 and excluded["lars_exclude"]

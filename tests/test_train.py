@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -65,7 +64,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, fashion_
     wb = load_file(str(tmp_path / "resumed" / "backbone.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(0, 9))  # step 0: the kNN monitor before training
+    assert steps == list(range(9))  # step 0: the kNN monitor before training
     losses_a = [json.loads(x).get("loss") for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     losses_b = [json.loads(x).get("loss") for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert losses_a == losses_b
