@@ -221,6 +221,9 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         log(f"resuming {checkpoint_path} at step {step}/{total_steps}", quiet)
     elif cfg.resume:
         log(f"--resume: no checkpoint in {out} yet, starting fresh", quiet)
+    if step == 0:
+        # No checkpoint: any metrics.jsonl here is from a run that died before its first one.
+        (out / METRICS).unlink(missing_ok=True)
 
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml", resolved={
