@@ -2,14 +2,49 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
+
+ENCODER_FORMAT = "byol-encoder-v1"
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """Everything needed to rebuild a trained encoder from its weights alone."""
+
+    backbone: str
+    width: float
+    in_channels: int
+    image_size: int
+    feature_dim: int
+    dataset: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        """Plain types only (lists, not tuples), so a weights_only checkpoint can hold it."""
+        return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EncoderInfo":
+        return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
+
+    def to_metadata(self) -> dict[str, str]:
+        """safetensors metadata: string values, lists as JSON."""
+        return {"format": ENCODER_FORMAT, **{k: json.dumps(v) for k, v in self.to_dict().items()}}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> "EncoderInfo":
+        return cls.from_dict({f.name: json.loads(metadata[f.name]) for f in dataclasses.fields(cls)})
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +251,33 @@ def decode_image(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def try_decode(path: Path, size: int) -> torch.Tensor | None:
+    """`decode_image`, or None for a file that is not a readable image."""
+    try:
+        return decode_image(path, size)
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def dataset_images(dataset: ImageDataset, size: int) -> torch.Tensor:
+    """Every image of a split as uint8 (N, C, size, size); folder images are decoded here, and
+    undecodable ones become black images, with a count on stderr."""
+    if dataset.images is not None:
+        return dataset.images
+    out = torch.zeros(len(dataset), 3, size, size, dtype=torch.uint8)
+    bad = 0
+    for i, path in enumerate(dataset.files):
+        image = try_decode(path, size)
+        if image is None:
+            bad += 1
+        else:
+            out[i] = image
+    if bad:
+        print(f"warning: {bad} of {len(dataset)} images under {dataset.files[0].parent} could not be decoded "
+              "and are black images here", file=sys.stderr)
+    return out
+
+
 class _FolderItems(torch.utils.data.Dataset):
     def __init__(self, dataset: ImageDataset):
         self.dataset = dataset
@@ -259,11 +287,11 @@ class _FolderItems(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         label = self.dataset.labels[index] if self.dataset.labels is not None else torch.tensor(-1)
-        try:
-            return decode_image(self.dataset.files[index], self.dataset.load_size), label, True
-        except (OSError, ValueError, SyntaxError):
+        image = try_decode(self.dataset.files[index], self.dataset.load_size)
+        if image is None:
             # Kept in the batch as a black image so batch shapes stay fixed; counted by the caller.
             return torch.zeros(3, self.dataset.load_size, self.dataset.load_size, dtype=torch.uint8), label, False
+        return image, label, True
 
 
 # ---------------------------------------------------------------- entry points

@@ -16,9 +16,7 @@ Protocols (SPEC "Evaluation protocols", scaled down to what a CPU affords):
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,23 +25,10 @@ from torch import nn
 
 from .augment import EvalTransform, ViewConfig, crop_and_flip
 from .backbones import build_backbone
-from .checkpoint import load_checkpoint, load_weights
-from .data import ImageDataset
+from .checkpoint import ENCODER_FORMAT, EncoderInfo, load_checkpoint, load_weights
 from .errors import UserError
 
 # ---------------------------------------------------------------- loading an encoder
-
-
-@dataclass
-class EncoderInfo:
-    backbone: str
-    width: float
-    in_channels: int
-    image_size: int
-    feature_dim: int
-    dataset: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 def load_encoder(path: str | Path) -> tuple[nn.Module, EncoderInfo]:
@@ -55,19 +40,16 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, EncoderInfo]:
         state = load_weights(path)
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        if meta.get("format") != "byol-encoder-v1":
+        if meta.get("format") != ENCODER_FORMAT:
             raise UserError(f"{path}: no byol encoder metadata (was it written by `byol train` or `byol export`?)")
-        info = EncoderInfo(meta["backbone"], float(meta["width"]), int(meta["in_channels"]), int(meta["image_size"]),
-                           int(meta["feature_dim"]), meta["dataset"], tuple(json.loads(meta["mean"])),
-                           tuple(json.loads(meta["std"])))
+        info = EncoderInfo.from_metadata(meta)
     else:
         checkpoint = load_checkpoint(path)
         if "model" not in checkpoint or "encoder_info" not in checkpoint:
             raise UserError(f"{path}: not a byol training checkpoint")
         prefix = "online_encoder."
         state = {k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
-        raw = checkpoint["encoder_info"]
-        info = EncoderInfo(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+        info = EncoderInfo.from_dict(checkpoint["encoder_info"])
     encoder = build_backbone(info.backbone, info.width, info.image_size, info.in_channels)
     try:
         encoder.load_state_dict(state)
@@ -105,21 +87,6 @@ def pixel_features(images: torch.Tensor, mean, std) -> torch.Tensor:
     x = images.float() / 255
     x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     return x.flatten(1)
-
-
-def dataset_images(dataset: ImageDataset, size: int) -> torch.Tensor:
-    """Every image of a split as uint8 (N, C, size, size); folder images are decoded here."""
-    if dataset.images is not None:
-        return dataset.images
-    from .data import decode_image
-
-    out = torch.zeros(len(dataset), 3, size, size, dtype=torch.uint8)
-    for i, path in enumerate(dataset.files):
-        try:
-            out[i] = decode_image(path, size)
-        except (OSError, ValueError, SyntaxError):
-            pass  # a black image; counted by training already
-    return out
 
 
 # ---------------------------------------------------------------- kNN

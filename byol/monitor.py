@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .schedules import learning_rate
 
 
 class Monitor:
@@ -40,31 +40,29 @@ class Monitor:
             self.seen = torch.zeros((), device=device)
         self.bank = self.test = None
         if self.knn_every and has_labels:
-            from .data import load_dataset
+            from .data import dataset_images, load_dataset
 
+            size = dataset.load_size or image_size
             try:
-                test = load_dataset(cfg.dataset, cfg.data, "test", load_size=dataset.load_size or image_size)
+                test = load_dataset(cfg.dataset, cfg.data, "test", load_size=size)
             except UserError as error:
                 print(f"kNN monitor off: {error}", file=sys.stderr)
             else:
-                from .evaluate import dataset_images
-
                 bank = dataset.subset(cfg.knn_bank, cfg.seed + 1)
                 test = test.subset(cfg.knn_test, cfg.seed + 2)
-                size = dataset.load_size or image_size
                 self.bank = (dataset_images(bank, size), bank.labels)
                 self.test = (dataset_images(test, size), test.labels)
 
     # ---- online probe
 
-    def probe_step(self, representation: torch.Tensor, labels: torch.Tensor | None, step: int, amp_dtype) -> None:
+    def probe_step(self, representation: torch.Tensor, labels: torch.Tensor | None, step: int) -> None:
         if self.probe is None or labels is None:
             return
         labels = labels.to(self.device, non_blocking=True)
         logits = self.probe(representation.detach().float())
         loss = F.cross_entropy(logits, labels)
         for group in self.optimizer.param_groups:
-            group["lr"] = 0.1 * (math.cos(math.pi * min(step / max(self.total_steps, 1), 1.0)) + 1) / 2
+            group["lr"] = learning_rate(step, self.total_steps, warmup_steps=0, peak_lr=0.1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

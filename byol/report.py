@@ -10,11 +10,10 @@ from pathlib import Path
 import torch
 
 from .augment import EvalTransform
-from .data import load_dataset
+from .data import dataset_images, load_dataset
 from .errors import UserError
 from .evaluate import (
     balanced_subset,
-    dataset_images,
     extract_features,
     fine_tune,
     knn_accuracy,
@@ -209,7 +208,7 @@ def log_to_tensorboard(run_dir: Path, report: dict) -> None:
 def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size: int = 256) -> dict:
     """Features of every image under `data` → .npy (+ .files.txt) or .safetensors (features + file list)."""
     from .checkpoint import atomic_write
-    from .data import decode_image, scan_folder
+    from .data import scan_folder, try_decode
     from .train import resolve_device
 
     out_path = Path(out)
@@ -224,9 +223,8 @@ def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size
     for start in range(0, len(files), batch_size):
         batch = []
         for path in files[start:start + batch_size]:
-            try:
-                image = decode_image(path, info.image_size)
-            except (OSError, ValueError, SyntaxError):
+            image = try_decode(path, info.image_size)
+            if image is None:
                 skipped.append(path)
                 continue
             if info.in_channels == 1:
@@ -259,9 +257,7 @@ def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size
 def export(checkpoint: str, out: str) -> dict:
     """The online encoder of a training checkpoint as safetensors, with the metadata to rebuild it."""
     from .checkpoint import save_weights
-    from .train import safetensors_metadata
 
     encoder, info = load_encoder(checkpoint)
-    save_weights(Path(out), encoder.state_dict(), safetensors_metadata(
-        {k: list(v) if isinstance(v, tuple) else v for k, v in info.__dict__.items()}))
+    save_weights(Path(out), encoder.state_dict(), info.to_metadata())
     return {"out": out, "backbone": info.backbone, "feature_dim": info.feature_dim}

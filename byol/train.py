@@ -17,7 +17,7 @@ import torch
 
 from .augment import VIEW1, VIEW2, BYOLAugment, EvalTransform
 from .backbones import build_backbone
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import EncoderInfo, load_checkpoint, save_checkpoint, save_weights
 from .config import TrainConfig, save_yaml
 from .data import BatchStream, load_dataset
 from .errors import UserError
@@ -29,8 +29,8 @@ from .schedules import learning_rate, scaled_lr, target_tau
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.safetensors"
 METRICS = "metrics.jsonl"
-TRAJECTORY_KEYS = ("dataset", "subset", "image_size", "crop_min_scale", "backbone", "width", "projection_dim", "projector_hidden_dim",
-                   "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
+TRAJECTORY_KEYS = ("dataset", "subset", "image_size", "crop_min_scale", "backbone", "width", "projection_dim",
+                   "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
                    "weight_decay", "trust_coefficient", "base_tau", "precision", "seed")
 
 
@@ -95,17 +95,6 @@ def build_optimizer(cfg: TrainConfig, learner: BYOL) -> torch.optim.Optimizer:
     if cfg.optimizer == "lars":
         return LARS(groups, lr=0.0, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
     return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
-
-
-def encoder_info(cfg: TrainConfig, dataset, image_size: int, feature_dim: int) -> dict:
-    """Everything `byol eval`/`embed` need to rebuild the encoder (see evaluate.EncoderInfo)."""
-    return {"backbone": cfg.backbone, "width": cfg.width, "in_channels": dataset.channels, "image_size": image_size,
-            "feature_dim": feature_dim, "dataset": cfg.dataset, "mean": list(dataset.mean), "std": list(dataset.std)}
-
-
-def safetensors_metadata(info: dict) -> dict[str, str]:
-    return {"format": "byol-encoder-v1", **{k: json.dumps(v) if isinstance(v, list) else str(v)
-                                             for k, v in info.items()}}
 
 
 def _rng_state() -> dict:
@@ -196,7 +185,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
     learner = learner.to(memory_format=memory_format)
     optimizer = build_optimizer(cfg, learner)
-    info = encoder_info(cfg, dataset, image_size, learner.feature_dim)
+    info = EncoderInfo(cfg.backbone, cfg.width, dataset.channels, image_size, learner.feature_dim, cfg.dataset,
+                       tuple(dataset.mean), tuple(dataset.std))
     monitor = Monitor(cfg, dataset, learner.feature_dim, image_size, device, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -235,22 +225,26 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         save_checkpoint(checkpoint_path, {
             "format": 1, "step": at_step, "config": cfg.to_dict(), "model": learner.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "rng": _rng_state(), "encoder_info": info, "monitor": monitor.state_dict(),
+            "rng": _rng_state(), "encoder_info": info.to_dict(), "monitor": monitor.state_dict(),
         })
 
     # ---- train
     board = TensorBoard(out / "tensorboard" if cfg.tensorboard else None)
     augment_eval = EvalTransform(image_size, dataset.mean, dataset.std).to(device)
+    metrics_file = open(out / METRICS, "a")
+
+    def write_record(record: dict) -> None:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        board.log(record)
+
     if step == 0 and monitor.knn_due(0, cfg.epochs):
         # The untrained encoder on the monitor's own subsets: the curve's honest starting point.
-        record = {"step": 0, "epoch": 0.0, "knn_top1": monitor.knn(learner.online_encoder, augment_eval)}
-        with open(out / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        board.log(record)
-        log(f"kNN monitor before training: {record['knn_top1']:.2f}%", quiet)
+        untrained = monitor.knn(learner.online_encoder, augment_eval)
+        write_record({"step": 0, "epoch": 0.0, "knn_top1": untrained})
+        log(f"kNN monitor before training: {untrained:.2f}%", quiet)
     learner.train()
     progress = Progress(total_steps, step, enabled=not quiet)
-    metrics_file = open(out / METRICS, "a")
     loss_sum = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
     run_start, run_start_step = time.perf_counter(), step
@@ -275,7 +269,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
                 scaler.step(optimizer)
                 scaler.update()
                 learner.update_target(tau)
-                monitor.probe_step(representation, labels, step, amp_dtype)
+                monitor.probe_step(representation, labels, step)
                 loss_sum += loss.detach()
                 step += 1
                 window_steps += 1
@@ -292,9 +286,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
                                         f"the last good checkpoint in {out} is kept")
                     if end_of_epoch and monitor.knn_due(step // steps_per_epoch, cfg.epochs):
                         record["knn_top1"] = monitor.knn(learner.online_encoder, augment_eval)
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                    board.log(record)
+                    write_record(record)
                     progress.update(step, total_steps, {"loss": last_loss, "tau": tau, "lr": lr,
                                                         "img/s": round(record["images_per_s"]),
                                                         **monitor.progress_fields(record)})
@@ -320,7 +312,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         log(f"stopped at step {step}/{total_steps}; continue with: byol train --config {out / 'config.yaml'} --resume",
             quiet)
         return summary
-    save_weights(out / BACKBONE, learner.online_encoder.state_dict(), safetensors_metadata(info))
+    save_weights(out / BACKBONE, learner.online_encoder.state_dict(), info.to_metadata())
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"done: {step} steps in {wall:.0f} s"
         + (f" ({summary['images_per_s']:.0f} images/s)" if trained else "")
