@@ -10,10 +10,12 @@ The core works inside your own training loop:
 
 __version__ = "0.1.0"
 
-from .augment import VIEW1, VIEW2, BYOLAugment, ViewAugment, ViewConfig
+from .augment import VIEW1, VIEW2, BYOLAugment, ViewAugment, ViewConfig, without
 from .backbones import build_backbone
-from .loss import byol_loss
-from .model import BYOL, MLPHead
+from .collapse import effective_rank, embedding_std, is_collapsed
+from .loss import byol_loss, negatives_term, nt_xent_loss
+from .methods import SimCLR, SimSiam, build_method
+from .model import BYOL, MLPHead, ViewOutputs
 from .optim import LARS, lars_param_groups
 from .schedules import learning_rate, scaled_lr, target_tau
 
@@ -24,10 +26,20 @@ __all__ = [
     "VIEW2",
     "BYOLAugment",
     "MLPHead",
+    "SimCLR",
+    "SimSiam",
     "ViewAugment",
     "ViewConfig",
+    "ViewOutputs",
     "build_backbone",
+    "build_method",
     "byol_loss",
+    "effective_rank",
+    "embedding_std",
+    "is_collapsed",
+    "negatives_term",
+    "nt_xent_loss",
+    "without",
     "lars_param_groups",
     "learning_rate",
     "scaled_lr",

@@ -18,6 +18,7 @@ Deviations from the official code, each for a reason:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -47,6 +48,23 @@ class ViewConfig:
 
 VIEW1 = ViewConfig()
 VIEW2 = ViewConfig(blur_prob=0.1, solarize_prob=0.2)
+
+# The paper's augmentation ablations, as the probabilities each removal sets to zero. "color" is the
+# colour jitter (brightness, contrast, saturation, hue); "all-but-crop" keeps only the random crop.
+REMOVABLE = {
+    "color": ("jitter_prob",),
+    "grayscale": ("grayscale_prob",),
+    "blur": ("blur_prob",),
+    "solarize": ("solarize_prob",),
+    "flip": ("flip_prob",),
+    "all-but-crop": ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob", "flip_prob"),
+}
+
+
+def without(view: ViewConfig, removed: list[str] | tuple[str, ...]) -> ViewConfig:
+    """`view` with the named augmentations switched off (see REMOVABLE)."""
+    zeroed = {field: 0.0 for name in removed for field in REMOVABLE[name]}
+    return dataclasses.replace(view, **zeroed)
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.models import resnet
 
 from .errors import UserError
+from .norm import NORMS, group_norm, weight_standardize_
 
 ARCHITECTURES = {
     "resnet18": (resnet.BasicBlock, [2, 2, 2, 2]),
@@ -16,6 +17,18 @@ ARCHITECTURES = {
 
 # Images this small lose too much to a 7×7/2 conv plus max-pool; the SPEC's CIFAR stem keeps them.
 CIFAR_STEM_MAX_SIZE = 64
+# imagenet: 7×7/2 conv + 3×3/2 max-pool (÷4). cifar: 3×3/1 conv, no pool (the SPEC's CIFAR variant).
+# cifar-pool: the CIFAR conv then a 2×2 max-pool (÷2), 4× cheaper than `cifar` for the same width —
+# what lets a CPU train for several epochs in minutes.
+STEMS = ("auto", "imagenet", "cifar", "cifar-pool")
+
+
+def resolve_stem(stem: str, image_size: int) -> str:
+    if stem not in STEMS:
+        raise UserError(f"unknown stem '{stem}' (option --stem); choose one of {', '.join(STEMS)}")
+    if stem == "auto":
+        return "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
+    return stem
 
 
 class WideResNet(resnet.ResNet):
@@ -25,18 +38,22 @@ class WideResNet(resnet.ResNet):
     `feature_dim`.
     """
 
-    def __init__(self, block, layers, width: float = 1.0, in_channels: int = 3, cifar_stem: bool = False):
+    def __init__(self, block, layers, width: float = 1.0, in_channels: int = 3, stem: str = "imagenet",
+                 norm: str = "batch"):
         self._width = width
         self._stem_width = max(int(round(64 * width)), 1)
         self._first_layer = True
-        super().__init__(block, layers)
-        if cifar_stem:
+        norm_layer = group_norm if norm == "group-ws" else nn.BatchNorm2d
+        super().__init__(block, layers, norm_layer=norm_layer)
+        if stem in ("cifar", "cifar-pool"):
             self.conv1 = nn.Conv2d(in_channels, self._stem_width, 3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
+            self.maxpool = nn.MaxPool2d(2) if stem == "cifar-pool" else nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_channels, self._stem_width, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(self._stem_width)
+        self.bn1 = norm_layer(self._stem_width)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if norm == "group-ws":
+            weight_standardize_(self)
         self.feature_dim = max(int(round(512 * width)), 1) * block.expansion
         self.fc = nn.Identity()
 
@@ -49,16 +66,17 @@ class WideResNet(resnet.ResNet):
 
 
 def build_backbone(name: str, width: float = 1.0, image_size: int = 224, in_channels: int = 3,
-                   cifar_stem: bool | None = None) -> WideResNet:
-    """A ResNet by name; the CIFAR stem is chosen for images of at most 64 px unless forced."""
+                   stem: str = "auto", norm: str = "batch") -> WideResNet:
+    """A ResNet by name; stem `auto` is the CIFAR stem for images of at most 64 px, else ImageNet's."""
     if name not in ARCHITECTURES:
         raise UserError(f"unknown backbone '{name}' (option --backbone); choose one of {', '.join(ARCHITECTURES)}")
     if width <= 0:
         raise UserError(f"--width must be positive, got {width}")
+    if norm not in NORMS:
+        raise UserError(f"unknown norm '{norm}' (option --norm); choose one of {', '.join(NORMS)}")
     block, layers = ARCHITECTURES[name]
-    if cifar_stem is None:
-        cifar_stem = image_size <= CIFAR_STEM_MAX_SIZE
-    return WideResNet(block, layers, width=width, in_channels=in_channels, cifar_stem=cifar_stem)
+    return WideResNet(block, layers, width=width, in_channels=in_channels, stem=resolve_stem(stem, image_size),
+                      norm=norm)
 
 
 def count_parameters(module: nn.Module) -> int:

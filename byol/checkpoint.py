@@ -29,6 +29,8 @@ class EncoderInfo:
     dataset: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    stem: str = "auto"  # files written before the option existed used the automatic stem
+    norm: str = "batch"
 
     def to_dict(self) -> dict:
         """Plain types only (lists, not tuples), so a weights_only checkpoint can hold it."""
@@ -44,7 +46,7 @@ class EncoderInfo:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> "EncoderInfo":
-        return cls.from_dict({f.name: json.loads(metadata[f.name]) for f in dataclasses.fields(cls)})
+        return cls.from_dict({f.name: json.loads(metadata[f.name]) for f in dataclasses.fields(cls) if f.name in metadata})
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -22,7 +22,17 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--image-size", type=int, metavar="PX", help="training resolution (default: the dataset's own)")
     add("--workers", type=int, help="image-decoding processes for --dataset folder")
     add("--crop-min-scale", type=float, metavar="S", help="smallest random-crop area fraction (paper: 0.08)")
+    add("--aug-remove", metavar="LIST", help="augmentations to drop, comma-separated: color, grayscale, blur, "
+        "solarize, flip, all-but-crop (ablations)")
+    add("--method", help="byol (default), simclr or simsiam: baselines on the same backbone, data and optimizer")
+    add("--predictor", action=argparse.BooleanOptionalAction, default=None,
+        help="--no-predictor: the paper's ablation without the predictor (collapses)")
+    add("--negatives-beta", type=float, metavar="B", help="weight of the appendix's contrastive term (0: BYOL)")
+    add("--temperature", type=float, help="α of the negatives term; SimCLR's NT-Xent temperature (default 0.1)")
+    add("--norm", help="batch (default) or group-ws: GroupNorm + Weight Standardization in encoder and heads")
     add("--backbone", choices=list(ARCHITECTURES))
+    add("--stem", help="ResNet stem: auto = cifar (3×3/1) up to 64 px, imagenet (7×7/2 + pool) above; "
+        "cifar-pool adds a 2×2 max-pool, 4× cheaper")
     add("--width", type=float, help="channel-width multiplier of the ResNet (0.25 = quarter width)")
     add("--projection-dim", type=int)
     add("--projector-hidden-dim", type=int)
@@ -31,11 +41,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, help="images per step (the LR scales with it: lr × batch / 256)")
     add("--lr", type=float, help="base learning rate before the batch/256 scaling")
     add("--warmup-epochs", type=float)
-    add("--optimizer", choices=["lars", "sgd"])
+    add("--optimizer", choices=["lars", "sgd", "adamw"], help="lars (the paper's), momentum sgd, or adamw")
     add("--momentum", type=float)
     add("--weight-decay", type=float)
     add("--trust-coefficient", type=float, help="LARS η")
-    add("--base-tau", "--tau-base", dest="base_tau", type=float, help="τ_base of the target EMA schedule")
+    add("--base-tau", "--tau-base", dest="base_tau", type=float, help="τ_base of the target EMA schedule; 0 = stop-gradient online network, 1 = fixed random target")
     add("--device", help="auto, cpu, cuda, cuda:N, mps")
     add("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     add("--channels-last", action=argparse.BooleanOptionalAction, default=None)
@@ -55,7 +65,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 TRAIN_OPTION_NAMES = (
-    "dataset", "data", "subset", "image_size", "workers", "crop_min_scale", "backbone", "width", "projection_dim",
+    "dataset", "data", "subset", "image_size", "workers", "crop_min_scale", "aug_remove", "method", "predictor",
+    "negatives_beta", "temperature", "norm", "backbone", "stem", "width", "projection_dim",
     "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer",
     "momentum", "weight_decay", "trust_coefficient", "base_tau", "device", "precision", "channels_last", "seed",
     "out", "log_every", "checkpoint_every", "knn_every", "knn_bank", "knn_test", "online_probe", "tensorboard",
@@ -124,6 +135,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import run_suite
+
+    table = run_suite(args.suite, args.preset, args.out, args.config, quiet=args.quiet)
+    print(table.read_text())
+    print(f"written: {table}, {table.with_suffix('.png')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -157,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", default="auto")
     embed.add_argument("--batch-size", type=int, default=256)
     embed.set_defaults(func=cmd_embed)
+
+    ablate = commands.add_parser("ablate", help="the paper's ablations and SimCLR/SimSiam baselines, side by side")
+    ablate.add_argument("--suite", default="paper", help="which grid (paper)")
+    ablate.add_argument("--preset", default="cpu", help="smoke (minutes), cpu (about an hour on 2 cores) or gpu")
+    ablate.add_argument("--config", metavar="FILE", help="YAML options applied to every variant (e.g. your dataset)")
+    ablate.add_argument("--out", default="runs/ablations", metavar="DIR", help="runs, ablations.md and .png go here")
+    ablate.add_argument("--quiet", action="store_true")
+    ablate.set_defaults(func=cmd_ablate)
 
     export = commands.add_parser("export", help="write the online encoder of a checkpoint as safetensors")
     export.add_argument("--checkpoint", required=True, metavar="FILE")

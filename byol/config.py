@@ -11,7 +11,7 @@ import yaml
 
 from .errors import UserError
 
-PRESETS = ("smoke", "cpu-quickstart", "gpu")
+PRESETS = ("smoke", "cpu-quickstart", "gpu", "ablate-cpu", "ablate-gpu")
 
 
 @dataclass
@@ -24,9 +24,17 @@ class TrainConfig:
     workers: int = 2  # decoding processes for folder datasets
     # augmentation
     crop_min_scale: float = 0.08  # smallest crop area fraction (the paper's 0.08)
+    aug_remove: str = ""  # comma list of augment.REMOVABLE (color, grayscale, blur, solarize, flip, all-but-crop)
+    # method and its ablation switches
+    method: str = "byol"  # byol | simclr | simsiam
+    predictor: bool = True  # False: the paper's "no predictor" ablation
+    negatives_beta: float = 0.0  # weight β of the appendix's contrastive term (0: BYOL)
+    temperature: float = 0.1  # α of the negatives term; SimCLR's NT-Xent temperature
+    norm: str = "batch"  # batch | group-ws (GroupNorm + Weight Standardization, encoder and heads)
     # model
     backbone: str = "resnet18"
     width: float = 1.0
+    stem: str = "auto"  # auto | imagenet | cifar | cifar-pool (see backbones.STEMS)
     projection_dim: int = 256
     projector_hidden_dim: int = 4096
     predictor_hidden_dim: int = 4096
@@ -35,7 +43,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 0.2  # base LR: the peak LR is lr × batch_size / 256
     warmup_epochs: float = 10.0
-    optimizer: str = "lars"  # lars | sgd
+    optimizer: str = "lars"  # lars | sgd | adamw
     momentum: float = 0.9
     weight_decay: float = 1.5e-6
     trust_coefficient: float = 1e-3
@@ -57,7 +65,10 @@ class TrainConfig:
     resume: bool = False
 
     def validate(self) -> TrainConfig:
-        from .backbones import ARCHITECTURES
+        from .augment import REMOVABLE
+        from .backbones import ARCHITECTURES, STEMS
+        from .methods import METHODS
+        from .norm import NORMS
         from .data import DATASETS
 
         def bad(option: str, message: str):
@@ -67,6 +78,21 @@ class TrainConfig:
             bad("dataset", f"unknown dataset '{self.dataset}'; choose one of {', '.join(DATASETS)}")
         if self.backbone not in ARCHITECTURES:
             bad("backbone", f"unknown backbone '{self.backbone}'; choose one of {', '.join(ARCHITECTURES)}")
+        if self.method not in METHODS:
+            bad("method", f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
+        if self.norm not in NORMS:
+            bad("norm", f"unknown norm '{self.norm}'; choose one of {', '.join(NORMS)}")
+        unknown_augs = [name for name in self.removed_augmentations() if name not in REMOVABLE]
+        if unknown_augs:
+            bad("aug_remove", f"unknown augmentation '{unknown_augs[0]}'; choose from {', '.join(REMOVABLE)}")
+        if self.negatives_beta < 0:
+            bad("negatives_beta", f"must not be negative, got {self.negatives_beta}")
+        if self.temperature <= 0:
+            bad("temperature", f"must be positive, got {self.temperature}")
+        if self.method != "byol" and (not self.predictor or self.negatives_beta):
+            bad("method", "--no-predictor and --negatives-beta are BYOL ablations; use them with --method byol")
+        if self.stem not in STEMS:
+            bad("stem", f"unknown stem '{self.stem}'; choose one of {', '.join(STEMS)}")
         if self.knn_every < 0:
             bad("knn_every", "must be 0 (off) or a number of epochs")
         for name in ("epochs", "batch_size", "log_every", "knn_bank", "knn_test", "checkpoint_every", "projection_dim",
@@ -81,8 +107,8 @@ class TrainConfig:
             bad("lr", "lr, weight decay and warm-up must not be negative")
         if not 0 <= self.base_tau <= 1:
             bad("base_tau", f"must be in [0, 1], got {self.base_tau}")
-        if self.optimizer not in ("lars", "sgd"):
-            bad("optimizer", f"unknown optimizer '{self.optimizer}'; choose lars or sgd")
+        if self.optimizer not in ("lars", "sgd", "adamw"):
+            bad("optimizer", f"unknown optimizer '{self.optimizer}'; choose lars, sgd or adamw")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             bad("precision", f"unknown precision '{self.precision}'; choose auto, bf16, fp16 or fp32")
         if self.image_size is not None and self.image_size < 8:
@@ -94,6 +120,9 @@ class TrainConfig:
         if self.stop_after_steps is not None and self.stop_after_steps <= 0:
             bad("stop_after_steps", "must be positive")
         return self
+
+    def removed_augmentations(self) -> list[str]:
+        return [name.strip() for name in self.aug_remove.split(",") if name.strip()]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,6 +151,8 @@ def _coerce(name: str, value, source: str):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)
+        if isinstance(value, (list, tuple)):  # YAML lists for comma-list options such as aug_remove
+            return ",".join(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError):
         raise UserError(f"{source}: '{name}' must be {kind.split(' |')[0]}, got {value!r}") from None

@@ -50,7 +50,7 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, EncoderInfo]:
         prefix = "online_encoder."
         state = {k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
         info = EncoderInfo.from_dict(checkpoint["encoder_info"])
-    encoder = build_backbone(info.backbone, info.width, info.image_size, info.in_channels)
+    encoder = build_backbone(info.backbone, info.width, info.image_size, info.in_channels, info.stem, info.norm)
     try:
         encoder.load_state_dict(state)
     except RuntimeError as error:
@@ -60,7 +60,7 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, EncoderInfo]:
 
 def random_encoder(info: EncoderInfo, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return build_backbone(info.backbone, info.width, info.image_size, info.in_channels)
+    return build_backbone(info.backbone, info.width, info.image_size, info.in_channels, info.stem, info.norm)
 
 
 # ---------------------------------------------------------------- features

@@ -10,29 +10,47 @@ Policies (SPEC "Networks" and "Target update"):
   keeps its own running statistics, updated only by its own forward passes. `update_target` moves
   parameters only; buffers are neither averaged nor copied. This is what the official code does.
 - Each view goes through the networks separately, so batch-norm statistics are per view.
+
+Ablation switches (SPEC "Ablations"): `predictor=False` makes q the identity; `negatives_beta` adds
+the appendix's contrastive term; `norm="group-ws"` uses GroupNorm + Weight Standardization in the
+heads (the backbone takes its own `norm`). τ is the caller's: 0 makes the target the online network
+under stop-gradient, 1 keeps the initial random target.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .backbones import first_conv_in_channels, infer_feature_dim
-from .loss import byol_loss
+from .loss import byol_loss, negatives_term
+from .norm import WSLinear, check_norm, group_norm
 
 
 class MLPHead(nn.Sequential):
-    """Linear → BatchNorm1d → ReLU → Linear: BYOL's projector and predictor."""
+    """Linear → BatchNorm1d → ReLU → Linear: BYOL's projector and predictor.
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+    With `norm="group-ws"` the first layer is weight-standardised and the norm is a GroupNorm.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, norm: str = "batch"):
+        group_ws = check_norm(norm) == "group-ws"
         super().__init__(
-            nn.Linear(in_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
+            (WSLinear if group_ws else nn.Linear)(in_dim, hidden_dim),
+            group_norm(hidden_dim) if group_ws else nn.BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
         )
+
+
+class ViewOutputs(NamedTuple):
+    """What a learner computed on the way to its loss, for monitors (probe, collapse)."""
+
+    representations: tuple[torch.Tensor, torch.Tensor]  # online encoder outputs y₁, y₂
+    projections: tuple[torch.Tensor, torch.Tensor]  # online projector outputs
 
 
 class BYOL(nn.Module):
@@ -51,6 +69,10 @@ class BYOL(nn.Module):
         projector_hidden_dim: int = 4096,
         predictor_hidden_dim: int = 4096,
         input_shape: tuple[int, int, int] | None = None,
+        predictor: bool = True,
+        negatives_beta: float = 0.0,
+        temperature: float = 0.1,
+        norm: str = "batch",
     ):
         super().__init__()
         if feature_dim is None:
@@ -59,8 +81,11 @@ class BYOL(nn.Module):
             feature_dim = infer_feature_dim(backbone, input_shape)
         self.feature_dim = feature_dim
         self.online_encoder = backbone
-        self.online_projector = MLPHead(feature_dim, projector_hidden_dim, projection_dim)
-        self.predictor = MLPHead(projection_dim, predictor_hidden_dim, projection_dim)
+        self.projection_dim = projection_dim
+        self.negatives_beta = negatives_beta
+        self.temperature = temperature
+        self.online_projector = MLPHead(feature_dim, projector_hidden_dim, projection_dim, norm)
+        self.predictor = MLPHead(projection_dim, predictor_hidden_dim, projection_dim, norm) if predictor else nn.Identity()
         self.target_encoder = copy.deepcopy(self.online_encoder)
         self.target_projector = copy.deepcopy(self.online_projector)
         for param in self.target_parameters():
@@ -73,29 +98,34 @@ class BYOL(nn.Module):
     def target_parameters(self) -> list[nn.Parameter]:
         return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
 
-    def online(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(representation y, prediction p) of the online network for one view."""
+    def online(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(representation y, projection, prediction p) of the online network for one view."""
         representation = self.online_encoder(view)
-        return representation, self.predictor(self.online_projector(representation))
+        projection = self.online_projector(representation)
+        return representation, projection, self.predictor(projection)
 
     @torch.no_grad()
     def target(self, view: torch.Tensor) -> torch.Tensor:
         return self.target_projector(self.target_encoder(view))
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, return_representations: bool = False):
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, return_outputs: bool = False):
         """Symmetrised loss ℓ(p₁, z₂) + ℓ(p₂, z₁), averaged over the batch (summed over the two terms,
         as the paper does: averaging them would halve the gradient against weight decay).
 
-        With `return_representations=True` also returns the online representations (y₁, y₂), e.g.
-        for an online linear probe on their detached values.
+        With `return_outputs=True` returns `(loss, ViewOutputs)`: the online representations and
+        projections, e.g. for an online linear probe or the collapse monitor (detach them first).
         """
-        y1, p1 = self.online(view1)
-        y2, p2 = self.online(view2)
+        y1, g1, p1 = self.online(view1)
+        y2, g2, p2 = self.online(view2)
         z1 = self.target(view1)
         z2 = self.target(view2)
-        loss = (byol_loss(p1, z2) + byol_loss(p2, z1)).mean()
-        if return_representations:
-            return loss, (y1, y2)
+        per_sample = byol_loss(p1, z2) + byol_loss(p2, z1)
+        if self.negatives_beta:
+            per_sample = per_sample + self.negatives_beta * (
+                negatives_term(p1, z1, z2, self.temperature) + negatives_term(p2, z2, z1, self.temperature))
+        loss = per_sample.mean()
+        if return_outputs:
+            return loss, ViewOutputs((y1, y2), (g1, g2))
         return loss
 
     @torch.no_grad()

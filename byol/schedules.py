@@ -4,7 +4,13 @@ import math
 
 
 def target_tau(step: int, total_steps: int, base_tau: float = 0.996) -> float:
-    """τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2: τ_base at step 0, exactly 1 at step K."""
+    """τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2: τ_base at step 0, exactly 1 at step K.
+
+    τ_base = 0 is held at 0 for the whole run: the paper's "stop-gradient of online" ablation keeps
+    τ constant (the schedule would otherwise climb to 1 and turn it into an ordinary BYOL run).
+    """
+    if base_tau == 0:
+        return 0.0
     if total_steps <= 0:
         return 1.0
     progress = min(max(step / total_steps, 0.0), 1.0)

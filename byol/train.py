@@ -1,4 +1,4 @@
-"""`byol train`: data → augment → BYOL → loss → LARS + schedules → checkpoints and exported encoder.
+"""`byol train`: data → augment → BYOL (or a baseline) → loss → LARS + schedules → checkpoints and encoder.
 
 Read top to bottom; every piece it uses is usable on its own from `byol`.
 """
@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from .augment import VIEW1, VIEW2, BYOLAugment, EvalTransform
-from .backbones import build_backbone
+from .augment import VIEW1, VIEW2, BYOLAugment, EvalTransform, without
+from .backbones import build_backbone, resolve_stem
 from .checkpoint import EncoderInfo, load_checkpoint, save_checkpoint, save_weights
 from .config import TrainConfig, save_yaml
 from .data import BatchStream, load_dataset
 from .errors import UserError
-from .model import BYOL
+from .collapse import collapse_metrics, is_collapsed
+from .methods import build_method
 from .monitor import Monitor, TensorBoard
 from .optim import LARS, lars_param_groups
 from .schedules import learning_rate, scaled_lr, target_tau
@@ -29,7 +30,8 @@ from .schedules import learning_rate, scaled_lr, target_tau
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.safetensors"
 METRICS = "metrics.jsonl"
-TRAJECTORY_KEYS = ("dataset", "subset", "image_size", "crop_min_scale", "backbone", "width", "projection_dim",
+TRAJECTORY_KEYS = ("dataset", "subset", "image_size", "crop_min_scale", "aug_remove", "method", "predictor",
+                   "negatives_beta", "temperature", "norm", "backbone", "stem", "width", "projection_dim",
                    "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
                    "weight_decay", "trust_coefficient", "base_tau", "precision", "seed")
 
@@ -84,16 +86,21 @@ def image_size_for(cfg: TrainConfig, native_size: int) -> int:
     return cfg.image_size or native_size
 
 
-def build_learner(cfg: TrainConfig, channels: int, image_size: int) -> BYOL:
-    backbone = build_backbone(cfg.backbone, cfg.width, image_size, channels)
-    return BYOL(backbone, feature_dim=backbone.feature_dim, projection_dim=cfg.projection_dim,
-                projector_hidden_dim=cfg.projector_hidden_dim, predictor_hidden_dim=cfg.predictor_hidden_dim)
+def build_learner(cfg: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
+    backbone = build_backbone(cfg.backbone, cfg.width, image_size, channels, cfg.stem, cfg.norm)
+    return build_method(cfg.method, backbone, backbone.feature_dim, projection_dim=cfg.projection_dim,
+                        projector_hidden_dim=cfg.projector_hidden_dim, predictor_hidden_dim=cfg.predictor_hidden_dim,
+                        predictor=cfg.predictor, negatives_beta=cfg.negatives_beta, temperature=cfg.temperature,
+                        norm=cfg.norm)
 
 
-def build_optimizer(cfg: TrainConfig, learner: BYOL) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, learner: torch.nn.Module) -> torch.optim.Optimizer:
     groups = lars_param_groups(learner, cfg.weight_decay)
     if cfg.optimizer == "lars":
         return LARS(groups, lr=0.0, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+    if cfg.optimizer == "adamw":
+        # β₁ = --momentum; biases and norm parameters stay out of weight decay, as with LARS.
+        return torch.optim.AdamW(groups, lr=0.0, betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
 
 
@@ -178,15 +185,17 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
 
     # ---- augment, model, optimizer
     crop_scale = (cfg.crop_min_scale, 1.0)
-    augment = BYOLAugment(image_size, dataset.mean, dataset.std, dataclasses.replace(VIEW1, crop_scale=crop_scale),
-                          dataclasses.replace(VIEW2, crop_scale=crop_scale)).to(device)
+    removed = cfg.removed_augmentations()
+    augment = BYOLAugment(image_size, dataset.mean, dataset.std,
+                          without(dataclasses.replace(VIEW1, crop_scale=crop_scale), removed),
+                          without(dataclasses.replace(VIEW2, crop_scale=crop_scale), removed)).to(device)
     learner = build_learner(cfg, dataset.channels, image_size).to(device)
     use_channels_last = cfg.channels_last if cfg.channels_last is not None else device.type in ("cpu", "cuda")
     memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
     learner = learner.to(memory_format=memory_format)
     optimizer = build_optimizer(cfg, learner)
     info = EncoderInfo(cfg.backbone, cfg.width, dataset.channels, image_size, learner.feature_dim, cfg.dataset,
-                       tuple(dataset.mean), tuple(dataset.std))
+                       tuple(dataset.mean), tuple(dataset.std), resolve_stem(cfg.stem, image_size), cfg.norm)
     monitor = Monitor(cfg, dataset, learner.feature_dim, image_size, device, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -249,6 +258,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     window_start, window_steps = time.perf_counter(), 0
     run_start, run_start_step = time.perf_counter(), step
     last_loss = math.nan
+    collapsed = False
     stop_at = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
     try:
         while step < stop_at:
@@ -263,13 +273,13 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
                 view1 = view1.contiguous(memory_format=memory_format)
                 view2 = view2.contiguous(memory_format=memory_format)
                 with autocast(device, amp_dtype):
-                    loss, (representation, _) = learner(view1, view2, return_representations=True)
+                    loss, outputs = learner(view1, view2, return_outputs=True)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 learner.update_target(tau)
-                monitor.probe_step(representation, labels, step)
+                monitor.probe_step(outputs.representations[0], labels, step)
                 loss_sum += loss.detach()
                 step += 1
                 window_steps += 1
@@ -278,17 +288,27 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
                 if step % cfg.log_every == 0 or step == stop_at or end_of_epoch:
                     last_loss = (loss_sum / window_steps).item()  # the only host-device sync
                     elapsed = time.perf_counter() - window_start
-                    record = {"step": step, "epoch": step / steps_per_epoch, "loss": last_loss, "lr": lr, "tau": tau,
+                    record = {"step": step, "epoch": step / steps_per_epoch, "loss": last_loss, "lr": lr,
+                              **({"tau": tau} if cfg.method == "byol" else {}),
                               "images_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9)}
                     record.update(monitor.log_values())
                     if not math.isfinite(last_loss):
                         raise UserError(f"loss is {last_loss} at step {step}: lower --lr or use --precision fp32; "
                                         f"the last good checkpoint in {out} is kept")
+                    record.update(collapse_metrics(outputs.projections[0], outputs.representations[0]))
+                    if is_collapsed(record, cfg.projection_dim) != collapsed:
+                        collapsed = not collapsed
+                        log(f"warning: the representation has collapsed at step {step} (embedding_std "
+                            f"{record['embedding_std']:.4f}, effective_rank {record['effective_rank']:.2f}); "
+                            "see docs/ablations.md" if collapsed else f"step {step}: no longer collapsed", quiet)
                     if end_of_epoch and monitor.knn_due(step // steps_per_epoch, cfg.epochs):
                         record["knn_top1"] = monitor.knn(learner.online_encoder, augment_eval)
                     write_record(record)
-                    progress.update(step, total_steps, {"loss": last_loss, "tau": tau, "lr": lr,
+                    progress.update(step, total_steps, {"loss": last_loss, **({"tau": tau} if "tau" in record else {}),
+                                                        "lr": lr,
                                                         "img/s": round(record["images_per_s"]),
+                                                        "rank": round(record["effective_rank"], 1),
+                                                        **({"COLLAPSED": "yes"} if collapsed else {}),
                                                         **monitor.progress_fields(record)})
                     loss_sum.zero_()
                     window_start, window_steps = time.perf_counter(), 0

@@ -190,3 +190,19 @@ def test_blur_kernel_size_and_sigma_per_image():
     assert out[0, 0, 20, 20] > 0.99
     assert out[1, 0, 20, 20] < 0.1 and out[1, 0, 18:23, 18:23].sum() == pytest.approx(1.0, abs=1e-5)
     assert out[1, 0, 17, 20] == 0.0
+
+
+def test_aug_remove_all_but_crop_leaves_only_the_crop():
+    from byol import without
+    from byol.augment import REMOVABLE
+
+    removed = without(VIEW2, ["all-but-crop"])
+    assert removed.jitter_prob == removed.grayscale_prob == removed.blur_prob == removed.solarize_prob == 0
+    assert removed.flip_prob == 0 and removed.crop_scale == VIEW2.crop_scale
+    assert without(VIEW1, ["color"]).jitter_prob == 0 and without(VIEW1, ["color"]).grayscale_prob == VIEW1.grayscale_prob
+    assert set(REMOVABLE) == {"color", "grayscale", "blur", "solarize", "flip", "all-but-crop"}
+    # With the crop pinned to the whole image, nothing else may touch the pixels.
+    images = torch.rand(8, 3, 16, 16)
+    whole = dataclasses.replace(removed, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    out = ViewAugment(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), whole)(images)
+    assert torch.allclose(out, images, atol=1e-4)

@@ -30,3 +30,29 @@ def test_target_is_stop_gradient():
     byol_loss(p, z).sum().backward()
     assert p.grad is not None and p.grad.abs().sum() > 0
     assert z.grad is None
+
+
+def test_nt_xent_equals_a_direct_loop():
+    from byol import nt_xent_loss
+
+    torch.manual_seed(0)
+    z1, z2, t = torch.randn(5, 4), torch.randn(5, 4), 0.3
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    total = 0.0
+    for i in range(10):
+        positive = (i + 5) % 10
+        sims = [torch.exp(z[i] @ z[k] / t) for k in range(10) if k != i]
+        total += -torch.log(torch.exp(z[i] @ z[positive] / t) / sum(sims))
+    assert torch.allclose(nt_xent_loss(z1, z2, t), total / 10, atol=1e-5)
+
+
+def test_negatives_term_equals_a_direct_loop():
+    from byol import negatives_term
+
+    torch.manual_seed(1)
+    p, za, zb, alpha = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3), 0.5
+    cos = lambda a, b: F.cosine_similarity(a, b, dim=0)  # noqa: E731
+    for i in range(4):
+        inner = sum(torch.exp(cos(p[i], za[j]) / alpha) for j in range(4) if j != i)
+        inner = inner + sum(torch.exp(cos(p[i], zb[j]) / alpha) for j in range(4))
+        assert torch.allclose(negatives_term(p, za, zb, alpha)[i], 2 * alpha * torch.log(inner), atol=1e-5)

@@ -49,8 +49,8 @@ def test_loss_is_symmetrised_sum_of_both_directions():
     learner.load_state_dict(state)
     from byol import byol_loss
 
-    _, p1 = learner.online(v1)
-    _, p2 = learner.online(v2)
+    _, _, p1 = learner.online(v1)
+    _, _, p2 = learner.online(v2)
     z1, z2 = learner.target(v1), learner.target(v2)
     expected = (byol_loss(p1, z2) + byol_loss(p2, z1)).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
@@ -127,3 +127,17 @@ def test_cifar_stem_for_small_images_imagenet_stem_for_large():
     assert isinstance(small.maxpool, nn.Identity)
     assert large.conv1.kernel_size == (7, 7) and large.conv1.stride == (2, 2)
     assert isinstance(large.maxpool, nn.MaxPool2d)
+
+
+def test_cifar_pool_stem_halves_the_resolution_and_evaluation_rebuilds_it(tmp_path):
+    from byol.checkpoint import EncoderInfo, save_weights
+    from byol.evaluate import load_encoder
+
+    pooled = build_backbone("resnet18", width=0.25, image_size=28, in_channels=1, stem="cifar-pool")
+    assert isinstance(pooled.maxpool, nn.MaxPool2d) and pooled.conv1.stride == (1, 1)
+    stem_out = pooled.maxpool(pooled.relu(pooled.bn1(pooled.conv1(torch.randn(2, 1, 28, 28)))))
+    assert stem_out.shape[-2:] == (14, 14)
+    info = EncoderInfo("resnet18", 0.25, 1, 28, pooled.feature_dim, "fashion-mnist", (0.5,), (0.5,), "cifar-pool")
+    save_weights(tmp_path / "e.safetensors", pooled.state_dict(), info.to_metadata())
+    loaded, loaded_info = load_encoder(tmp_path / "e.safetensors")
+    assert loaded_info.stem == "cifar-pool" and isinstance(loaded.maxpool, nn.MaxPool2d)

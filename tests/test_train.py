@@ -32,7 +32,7 @@ def test_smoke_preset_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     lines = [r for r in lines if "loss" in r]  # the epoch-0 kNN line has no loss
-    assert lines and {"step", "epoch", "loss", "lr", "tau", "images_per_s"} <= set(lines[0])
+    assert lines and {"step", "epoch", "loss", "lr", "tau", "images_per_s", "embedding_std", "effective_rank"} <= set(lines[0])
     assert [r["step"] for r in lines] == sorted({r["step"] for r in lines})
     assert lines[-1]["loss"] < lines[0]["loss"]  # it learns something even in 16 steps
     weights = load_file(str(out / "backbone.safetensors"))

@@ -1,0 +1,204 @@
+"""`byol ablate`: the paper's ablations run with our code, side by side, resumable.
+
+Each variant is an ordinary `byol train` run (in DIR/runs/NAME) followed by kNN and linear evaluation
+of its encoder; its result is written to DIR/runs/NAME/ablation.json the moment it is known, so an
+interrupted suite picks up where it stopped (a half-trained variant resumes from its checkpoint).
+DIR/ablations.md and DIR/ablations.png are rewritten after every variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import atomic_write
+from .config import TrainConfig, merge, resolve
+from .errors import UserError
+
+# Which training preset each `--preset` of the suite starts from.
+SUITE_PRESETS = {"smoke": "smoke", "cpu": "ablate-cpu", "gpu": "ablate-gpu"}
+RESULT = "ablation.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # folder name and table row
+    group: str  # the paper table it belongs to
+    overrides: dict
+    paper: str = "–"  # the paper's ImageNet top-1 for this row (300 epochs), for context
+
+
+def paper_suite(base: TrainConfig) -> list[Variant]:
+    """SPEC "Ablations": BYOL vs its ablations and vs SimCLR / SimSiam on the same recipe."""
+    small, smaller = max(base.batch_size // 4, 2), max(base.batch_size // 16, 2)
+    variants = [
+        Variant("byol", "baseline", {}, "72.5"),
+        Variant("simclr", "baseline", {"method": "simclr"}, "67.9"),
+        Variant("simsiam", "baseline", {"method": "simsiam"}),
+        Variant("no-predictor", "predictor", {"predictor": False}, "0.2"),
+        Variant("tau-0", "target τ_base", {"base_tau": 0.0}, "0.3"),
+        Variant("tau-0.9", "target τ_base", {"base_tau": 0.9}, "68.4"),
+        Variant("tau-0.99", "target τ_base", {"base_tau": 0.99}, "72.5"),
+        Variant("tau-0.996", "target τ_base", {"base_tau": 0.996}),
+        Variant("tau-1", "target τ_base", {"base_tau": 1.0}, "18.8"),
+        Variant("negatives-beta-1", "negatives", {"negatives_beta": 1.0}, "70.9"),
+        Variant("group-ws", "normalisation", {"norm": "group-ws"}, "73.9 (1000 ep; BN 74.3)"),
+    ]
+    for method in ("byol", "simclr"):
+        for batch in (small, smaller):
+            variants.append(Variant(f"{method}-batch-{batch}", "batch size", {"method": method, "batch_size": batch}))
+        for removed, paper in (("color", ("71.8", "63.7")), ("color,grayscale", ("63.4", "45.7")),
+                               ("all-but-crop", ("59.4", "40.3"))):
+            variants.append(Variant(f"{method}-no-{removed.replace(',', '-')}", "augmentations",
+                                    {"method": method, "aug_remove": removed}, paper[method == "simclr"]))
+    return variants
+
+
+SUITES = {"paper": paper_suite}
+
+
+def run_suite(suite: str, preset: str, out: str, config_file: str | None = None, quiet: bool = False) -> Path:
+    if suite not in SUITES:
+        raise UserError(f"unknown suite '{suite}' (option --suite); choose one of {', '.join(SUITES)}")
+    if preset not in SUITE_PRESETS:
+        raise UserError(f"unknown preset '{preset}' (option --preset); choose one of {', '.join(SUITE_PRESETS)}")
+    from .report import evaluate_encoder
+    from .train import BACKBONE, METRICS, train
+
+    base = resolve(SUITE_PRESETS[preset], config_file)
+    # Monitors that do not change the table are off: they cost time and each run is evaluated after.
+    base = dataclasses.replace(base, knn_every=0, online_probe=False, tensorboard=False)
+    out_dir = Path(out)
+    variants = SUITES[suite](base)
+    results = []
+    for number, variant in enumerate(variants, 1):
+        run_dir = out_dir / "runs" / variant.name
+        result_path = run_dir / RESULT
+        if result_path.exists():
+            results.append(json.loads(result_path.read_text()))
+            continue
+        say(f"[{number}/{len(variants)}] {variant.name}", quiet)
+        cfg = merge(base, {**variant.overrides, "out": str(run_dir), "resume": True}, f"variant {variant.name}")
+        cfg.validate()
+        started = time.perf_counter()
+        result = {"name": variant.name, "group": variant.group, "method": cfg.method, "overrides": variant.overrides,
+                  "paper_top1": variant.paper}
+        try:
+            train(cfg, quiet=True)
+            report = evaluate_encoder(str(run_dir / BACKBONE), ["knn", "linear"], baselines=False,
+                                      linear_epochs=base_linear_epochs(preset), quiet=True, device=cfg.device)
+            last = last_record(run_dir / METRICS)
+            result.update(knn_top1=report["knn_top1"], linear_top1=report["linear_top1"],
+                          embedding_std=last.get("embedding_std"), effective_rank=last.get("effective_rank"),
+                          projection_dim=cfg.projection_dim)
+        except UserError as error:
+            # A variant that diverges is a result too (the paper's collapsed rows); record it, go on.
+            result["error"] = str(error)
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        atomic_write(result_path, lambda tmp, r=result: Path(tmp).write_text(json.dumps(r, indent=2) + "\n"))
+        results.append(result)
+        say(f"    {summary_line(result)}", quiet)
+        write_outputs(out_dir, results, suite, preset, base)
+    write_outputs(out_dir, results, suite, preset, base)
+    return out_dir / "ablations.md"
+
+
+def base_linear_epochs(preset: str) -> int:
+    return 5 if preset == "smoke" else 30
+
+
+def last_record(metrics_path: Path) -> dict:
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    with_collapse = [r for r in records if "embedding_std" in r]
+    return with_collapse[-1] if with_collapse else {}
+
+
+def say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _number(value, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def summary_line(result: dict) -> str:
+    if "error" in result:
+        return f"failed: {result['error']}"
+    return (f"kNN {result['knn_top1']:.2f}  linear {result['linear_top1']:.2f}  embedding_std×√d "
+            f"{std_ratio(result):.3f}  effective_rank {result['effective_rank']:.1f}  ({result['wall_s']:.0f} s)")
+
+
+def std_ratio(result: dict) -> float | None:
+    """embedding_std relative to the healthy 1/√d: 1 is evenly spread, 0 is collapsed."""
+    if result.get("embedding_std") is None:
+        return None
+    return result["embedding_std"] * result["projection_dim"] ** 0.5
+
+
+def collapsed(result: dict) -> bool:
+    from .collapse import is_collapsed
+
+    if result.get("embedding_std") is None:
+        return False
+    return is_collapsed(result, result["projection_dim"])
+
+
+def write_outputs(out_dir: Path, results: list[dict], suite: str, preset: str, base: TrainConfig) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# Ablations: suite `{suite}`, preset `{preset}`",
+        "",
+        f"Base recipe: {base.dataset}, {base.backbone} ×{base.width} ({base.stem} stem), {base.epochs} epochs, "
+        f"batch {base.batch_size}, {base.optimizer} lr {base.lr}, τ_base {base.base_tau}. Every row changes only "
+        "what its name says. kNN (k=200) and linear top-1 on the full test split; embedding_std×√d is 1 for "
+        "embeddings spread evenly over the sphere and 0 for a collapsed run; effective rank is RankMe of the "
+        "representation on the last logged batch. `paper` is the paper's ImageNet top-1 (300 epochs) for the "
+        "same change, for the pattern, not the value.",
+        "",
+        "| group | variant | method | kNN top-1 | linear top-1 | embedding_std×√d | effective rank | collapsed | paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['group']} | {r['name']} | {r['method']} | failed: {r['error']} | | | | | {r['paper_top1']} |")
+            continue
+        lines.append(f"| {r['group']} | {r['name']} | {r['method']} | {_number(r['knn_top1'])} | "
+                     f"{_number(r['linear_top1'])} | {_number(std_ratio(r), 3)} | {_number(r['effective_rank'], 1)} | "
+                     f"{'yes' if collapsed(r) else 'no'} | {r['paper_top1']} |")
+    total = sum(r.get("wall_s", 0) for r in results)
+    lines += ["", f"{len(results)} variants, {total / 60:.1f} min of training and evaluation."]
+    atomic_write(out_dir / "ablations.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    write_png(out_dir / "ablations.png", results)
+
+
+def write_png(path: Path, results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in results if "error" not in r]
+    if not done:
+        return
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(done) + 1.2))
+    names = [r["name"] for r in done][::-1]
+    groups = sorted({r["group"] for r in done})
+    colours = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
+    bars = ax.barh(names, [r["linear_top1"] for r in done][::-1], color=[colours[r["group"]] for r in done][::-1])
+    for bar, r in zip(bars, done[::-1]):
+        if collapsed(r):
+            ax.text(bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, "collapsed", va="center", fontsize=7,
+                    color="red")
+    ax.set_xlabel("linear top-1 (%)")
+    ax.legend([plt.Rectangle((0, 0), 1, 1, color=colours[g]) for g in groups], groups, fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,39 @@
+import json
+
+import yaml
+
+from byol.ablate import RESULT, paper_suite, run_suite
+from byol.config import resolve
+
+TINY = dict(subset=128, width=0.125, projection_dim=16, projector_hidden_dim=32, predictor_hidden_dim=32,
+            batch_size=32, epochs=1, log_every=1, checkpoint_every=100, warmup_epochs=0.5, lr=0.4, base_tau=0.97,
+            device="cpu", precision="fp32", knn_bank=64, knn_test=64)
+
+
+def test_paper_suite_covers_the_papers_ablations():
+    names = {v.name for v in paper_suite(resolve(overrides={"batch_size": 256}))}
+    assert {"byol", "simclr", "simsiam", "no-predictor", "tau-0", "tau-0.9", "tau-0.99", "tau-0.996", "tau-1",
+            "negatives-beta-1", "group-ws", "byol-batch-64", "simclr-batch-16", "byol-no-color",
+            "simclr-no-color-grayscale", "byol-no-all-but-crop", "simclr-no-all-but-crop"} <= names
+
+
+def test_suite_runs_every_variant_writes_the_table_and_resumes(tmp_path, fashion_dir, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "data": str(fashion_dir)}))
+    out = tmp_path / "ablations"
+    table = run_suite("paper", "smoke", str(out), str(config), quiet=True)
+    results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob(f"*/{RESULT}"))]
+    assert len(results) == len(paper_suite(resolve(overrides=TINY)))
+    assert all("error" not in r for r in results), [r.get("error") for r in results]
+    assert all(0 <= r["knn_top1"] <= 100 and r["effective_rank"] >= 1 for r in results)
+    text = table.read_text()
+    assert "| target τ_base | tau-0 | byol |" in text and "effective rank" in text
+    assert (out / "ablations.png").stat().st_size > 0
+
+    # Interrupted suite: a lost result is recomputed, the others are read back, not retrained.
+    (out / "runs" / "tau-1" / RESULT).unlink()
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob(f"*/{RESULT}")}
+    run_suite("paper", "smoke", str(out), str(config), quiet=True)
+    assert (out / "runs" / "tau-1" / RESULT).exists()
+    assert all(p.stat().st_mtime_ns == stamps[p.parent.name] for p in (out / "runs").glob(f"*/{RESULT}")
+               if p.parent.name != "tau-1")
