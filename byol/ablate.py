@@ -80,6 +80,7 @@ def run_suite(suite: str, preset: str, out: str, config_file: str | None = None,
         result_path = run_dir / RESULT
         if result_path.exists():
             results.append(json.loads(result_path.read_text()))
+            say(f"[{number}/{len(variants)}] {variant.name}: done earlier", quiet)
             continue
         say(f"[{number}/{len(variants)}] {variant.name}", quiet)
         cfg = merge(base, {**variant.overrides, "out": str(run_dir), "resume": True}, f"variant {variant.name}")
@@ -89,8 +90,8 @@ def run_suite(suite: str, preset: str, out: str, config_file: str | None = None,
                   "paper_top1": variant.paper}
         try:
             train(cfg, quiet=True)
-            report = evaluate_encoder(str(run_dir / BACKBONE), ["knn", "linear"], baselines=False,
-                                      linear_epochs=base_linear_epochs(preset), quiet=True, device=cfg.device)
+            report = evaluate_encoder(str(run_dir / BACKBONE), ["knn", "linear"], cfg.dataset, cfg.data, cfg.device,
+                                      baselines=False, linear_epochs=base_linear_epochs(preset), quiet=True)
             last = last_record(run_dir / METRICS)
             result.update(knn_top1=report["knn_top1"], linear_top1=report["linear_top1"],
                           embedding_std=last.get("embedding_std"), effective_rank=last.get("effective_rank"),
