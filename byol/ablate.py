@@ -51,6 +51,7 @@ def paper_suite(base: TrainConfig) -> list[Variant]:
     for method in ("byol", "simclr"):
         for batch in (small, smaller):
             variants.append(Variant(f"{method}-batch-{batch}", "batch size", {"method": method, "batch_size": batch}))
+    for method in ("byol", "simclr"):
         for removed, paper in (("color", ("71.8", "63.7")), ("color,grayscale", ("63.4", "45.7")),
                                ("all-but-crop", ("59.4", "40.3"))):
             variants.append(Variant(f"{method}-no-{removed.replace(',', '-')}", "augmentations",
@@ -104,8 +105,29 @@ def run_suite(suite: str, preset: str, out: str, config_file: str | None = None,
         results.append(result)
         say(f"    {summary_line(result)}", quiet)
         write_outputs(out_dir, results, suite, preset, base)
-    write_outputs(out_dir, results, suite, preset, base)
+    reference = reference_scores(out_dir, variants[0], base, preset, quiet)
+    write_outputs(out_dir, results, suite, preset, base, reference)
     return out_dir / "ablations.md"
+
+
+def reference_scores(out_dir: Path, first: Variant, base: TrainConfig, preset: str, quiet: bool) -> dict:
+    """Random-init encoder (same architecture) and raw pixels under the same evaluation, once per suite."""
+    from .report import evaluate_encoder
+    from .train import BACKBONE
+
+    path = out_dir / "reference.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    encoder = out_dir / "runs" / first.name / BACKBONE
+    if not encoder.exists():
+        return {}
+    say("reference rows: random-init encoder and raw pixels", quiet)
+    report = evaluate_encoder(str(encoder), ["knn", "linear"], base.dataset, base.data, base.device, baselines=True,
+                              linear_epochs=base_linear_epochs(preset), quiet=True)
+    reference = {k: report[k] for k in ("random_init_knn_top1", "random_init_linear_top1", "raw_pixel_knn_top1",
+                                        "raw_pixel_linear_top1")}
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(reference, indent=2) + "\n"))
+    return reference
 
 
 def base_linear_epochs(preset: str) -> int:
@@ -149,7 +171,8 @@ def collapsed(result: dict) -> bool:
     return is_collapsed(result, result["projection_dim"])
 
 
-def write_outputs(out_dir: Path, results: list[dict], suite: str, preset: str, base: TrainConfig) -> None:
+def write_outputs(out_dir: Path, results: list[dict], suite: str, preset: str, base: TrainConfig,
+                  reference: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# Ablations: suite `{suite}`, preset `{preset}`",
@@ -171,6 +194,11 @@ def write_outputs(out_dir: Path, results: list[dict], suite: str, preset: str, b
         lines.append(f"| {r['group']} | {r['name']} | {r['method']} | {_number(r['knn_top1'])} | "
                      f"{_number(r['linear_top1'])} | {_number(std_ratio(r), 3)} | {_number(r['effective_rank'], 1)} | "
                      f"{'yes' if collapsed(r) else 'no'} | {r['paper_top1']} |")
+    if reference:
+        lines.append(f"| reference | random-init encoder | – | {_number(reference['random_init_knn_top1'])} | "
+                     f"{_number(reference['random_init_linear_top1'])} | | | | |")
+        lines.append(f"| reference | raw pixels | – | {_number(reference['raw_pixel_knn_top1'])} | "
+                     f"{_number(reference['raw_pixel_linear_top1'])} | | | | |")
     total = sum(r.get("wall_s", 0) for r in results)
     lines += ["", f"{len(results)} variants, {total / 60:.1f} min of training and evaluation."]
     atomic_write(out_dir / "ablations.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))

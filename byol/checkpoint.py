@@ -37,7 +37,7 @@ class EncoderInfo:
         return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "EncoderInfo":
+    def from_dict(cls, values: dict) -> EncoderInfo:
         return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
 
     def to_metadata(self) -> dict[str, str]:
@@ -45,7 +45,7 @@ class EncoderInfo:
         return {"format": ENCODER_FORMAT, **{k: json.dumps(v) for k, v in self.to_dict().items()}}
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> "EncoderInfo":
+    def from_metadata(cls, metadata: dict[str, str]) -> EncoderInfo:
         return cls.from_dict({f.name: json.loads(metadata[f.name]) for f in dataclasses.fields(cls) if f.name in metadata})
 
 

@@ -49,6 +49,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", help="auto, cpu, cuda, cuda:N, mps")
     add("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     add("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the learner")
     add("--seed", type=int)
     add("--out", metavar="DIR", help="run folder (checkpoint, config, metrics, weights)")
     add("--log-every", type=int, metavar="STEPS")
@@ -68,7 +69,7 @@ TRAIN_OPTION_NAMES = (
     "dataset", "data", "subset", "image_size", "workers", "crop_min_scale", "aug_remove", "method", "predictor",
     "negatives_beta", "temperature", "norm", "backbone", "stem", "width", "projection_dim",
     "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer",
-    "momentum", "weight_decay", "trust_coefficient", "base_tau", "device", "precision", "channels_last", "seed",
+    "momentum", "weight_decay", "trust_coefficient", "base_tau", "device", "precision", "channels_last", "compile", "seed",
     "out", "log_every", "checkpoint_every", "knn_every", "knn_bank", "knn_test", "online_probe", "tensorboard",
     "stop_after_steps", "resume",
 )
@@ -135,6 +136,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import bench, format_result
+
+    compare = tuple(p.strip() for p in (args.compare or "").split(",") if p.strip())
+    result = bench(args.backbone, args.width, args.image_size, args.batch_size, args.steps, args.warmup, args.device,
+                   args.precision, args.channels, args.channels_last, args.compile, compare, args.stem)
+    print(json.dumps(result) if args.json else format_result(result))
+    return 0
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import run_suite
 
@@ -177,6 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", default="auto")
     embed.add_argument("--batch-size", type=int, default=256)
     embed.set_defaults(func=cmd_embed)
+
+    from .backbones import ARCHITECTURES
+
+    bench = commands.add_parser("bench", help="time full training steps; images/s, FLOP/s, utilization, peers")
+    bench.add_argument("--backbone", default="resnet18", choices=list(ARCHITECTURES))
+    bench.add_argument("--width", type=float, default=1.0)
+    bench.add_argument("--stem", default="auto", help="auto, imagenet, cifar or cifar-pool (see byol train --help)")
+    bench.add_argument("--image-size", type=int, default=32)
+    bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--channels", type=int, default=3)
+    bench.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    bench.add_argument("--compile", action="store_true", help="torch.compile the learner")
+    bench.add_argument("--compare", metavar="LIST", help="peers to run in the same process: byol-pytorch,lightly")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(func=cmd_bench)
 
     ablate = commands.add_parser("ablate", help="the paper's ablations and SimCLR/SimSiam baselines, side by side")
     ablate.add_argument("--suite", default="paper", help="which grid (paper)")

@@ -52,6 +52,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool | None = None  # None: on for CPU and CUDA, where it measured faster
+    compile: bool = False  # torch.compile the learner (minutes of compilation first; see docs/performance.md)
     seed: int = 0
     out: str = "runs/byol"
     log_every: int = 10  # steps between metrics.jsonl lines (the only host-device syncs)
@@ -67,9 +68,9 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         from .augment import REMOVABLE
         from .backbones import ARCHITECTURES, STEMS
+        from .data import DATASETS
         from .methods import METHODS
         from .norm import NORMS
-        from .data import DATASETS
 
         def bad(option: str, message: str):
             raise UserError(f"--{option.replace('_', '-')}: {message}")

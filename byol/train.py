@@ -18,10 +18,10 @@ import torch
 from .augment import VIEW1, VIEW2, BYOLAugment, EvalTransform, without
 from .backbones import build_backbone, resolve_stem
 from .checkpoint import EncoderInfo, load_checkpoint, save_checkpoint, save_weights
+from .collapse import collapse_metrics, is_collapsed
 from .config import TrainConfig, save_yaml
 from .data import BatchStream, load_dataset
 from .errors import UserError
-from .collapse import collapse_metrics, is_collapsed
 from .methods import build_method
 from .monitor import Monitor, TensorBoard
 from .optim import LARS, lars_param_groups
@@ -102,6 +102,26 @@ def build_optimizer(cfg: TrainConfig, learner: torch.nn.Module) -> torch.optim.O
         # β₁ = --momentum; biases and norm parameters stay out of weight decay, as with LARS.
         return torch.optim.AdamW(groups, lr=0.0, betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum)
+
+
+def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, images: torch.Tensor, tau: float,
+                  memory_format: torch.memory_format = torch.contiguous_format, amp_dtype: torch.dtype | None = None):
+    """One step on a batch already on the device: both views, loss, update, target EMA. No host sync.
+
+    `byol bench` times exactly this function, so its figures are the training loop's.
+    """
+    view1, view2 = augment(images)
+    view1 = view1.contiguous(memory_format=memory_format)
+    view2 = view2.contiguous(memory_format=memory_format)
+    with autocast(images.device, amp_dtype):
+        loss, outputs = learner(view1, view2, return_outputs=True)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    learner.update_target(tau)
+    return loss, outputs
 
 
 def _rng_state() -> dict:
@@ -194,6 +214,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
     learner = learner.to(memory_format=memory_format)
     optimizer = build_optimizer(cfg, learner)
+    if cfg.compile:
+        learner.compile()  # in place, so parameter names (and checkpoints) are those of the eager model
     info = EncoderInfo(cfg.backbone, cfg.width, dataset.channels, image_size, learner.feature_dim, cfg.dataset,
                        tuple(dataset.mean), tuple(dataset.std), resolve_stem(cfg.stem, image_size), cfg.norm)
     monitor = Monitor(cfg, dataset, learner.feature_dim, image_size, device, total_steps)
@@ -268,17 +290,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
                 tau = target_tau(step, total_steps, cfg.base_tau)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                images = images.to(device, non_blocking=True)
-                view1, view2 = augment(images)
-                view1 = view1.contiguous(memory_format=memory_format)
-                view2 = view2.contiguous(memory_format=memory_format)
-                with autocast(device, amp_dtype):
-                    loss, outputs = learner(view1, view2, return_outputs=True)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                learner.update_target(tau)
+                loss, outputs = training_step(learner, augment, optimizer, scaler, images.to(device, non_blocking=True),
+                                              tau, memory_format, amp_dtype)
                 monitor.probe_step(outputs.representations[0], labels, step)
                 loss_sum += loss.detach()
                 step += 1

@@ -29,6 +29,7 @@ def test_suite_runs_every_variant_writes_the_table_and_resumes(tmp_path, fashion
     text = table.read_text()
     assert "| target τ_base | tau-0 | byol |" in text and "effective rank" in text
     assert (out / "ablations.png").stat().st_size > 0
+    assert "| reference | random-init encoder |" in text and "| reference | raw pixels |" in text
 
     # Interrupted suite: a lost result is recomputed, the others are read back, not retrained.
     (out / "runs" / "tau-1" / RESULT).unlink()

@@ -51,7 +51,10 @@ def test_negatives_term_equals_a_direct_loop():
 
     torch.manual_seed(1)
     p, za, zb, alpha = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3), 0.5
-    cos = lambda a, b: F.cosine_similarity(a, b, dim=0)  # noqa: E731
+
+    def cos(a, b):
+        return F.cosine_similarity(a, b, dim=0)
+
     for i in range(4):
         inner = sum(torch.exp(cos(p[i], za[j]) / alpha) for j in range(4) if j != i)
         inner = inner + sum(torch.exp(cos(p[i], zb[j]) / alpha) for j in range(4))

@@ -1,0 +1,198 @@
+"""`byol bench`: time full BYOL training steps and say how close they come to the hardware.
+
+A step is `train.training_step`, the function the training loop runs: both augmented views of every
+image, online forward + backward, target forward, LARS, target EMA. Data loading is left out: the
+batch is uint8 images already on the device. Peers (`--compare`) run their own recommended step on
+the same backbone, batch, image size and device, in this process.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from .augment import BYOLAugment
+from .backbones import build_backbone
+from .errors import UserError
+from .model import BYOL
+from .optim import LARS, lars_param_groups
+
+PEERS = ("byol-pytorch", "lightly")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], object], device: torch.device, steps: int, warmup: int) -> list[float]:
+    """Seconds per call of `step`, each timed on its own after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def count_flops(step: Callable[[], object]) -> int:
+    """FLOPs of one call (matmuls and convolutions, forward and backward) by torch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """FLOP/s of a large square matmul at `dtype` on `device`: the roof the step is measured against."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+        _sync(device)
+    return 2 * n**3 * calls / (time.perf_counter() - start)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[str, float]:
+    if device.type == "cuda":
+        return "peak_cuda_memory_mb", torch.cuda.max_memory_allocated(device) / 2**20
+    # CPU: the process's peak resident set (Linux reports KiB), the whole process not just the step.
+    return "peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _our_step(backbone: str, width: float, image_size: int, channels: int, batch_size: int, device: torch.device,
+              amp_dtype: torch.dtype | None, channels_last: bool, compile_model: bool, stem: str = "auto"):
+    from .train import training_step
+
+    encoder = build_backbone(backbone, width, image_size, channels, stem)
+    learner = BYOL(encoder, encoder.feature_dim).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    learner = learner.to(memory_format=memory_format)
+    augment = BYOLAugment(image_size, (0.5,) * channels, (0.25,) * channels).to(device)
+    optimizer = LARS(lars_param_groups(learner, 1.5e-6), lr=0.2 * batch_size / 256, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    images = torch.randint(0, 256, (batch_size, channels, image_size, image_size), dtype=torch.uint8, device=device)
+
+    def step():
+        return training_step(learner, augment, optimizer, scaler, images, 0.996, memory_format, amp_dtype)
+
+    def augment_only():
+        return augment(images)
+
+    flops = count_flops(step)  # eager: the flop counter cannot see inside compiled graphs; the maths is the same
+    if compile_model:
+        learner.compile()  # in place: parameter names and checkpoints stay the same
+    return step, augment_only, flops
+
+
+def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, batch_size: int = 64,
+          steps: int = 20, warmup: int = 3, device: str = "auto", precision: str = "auto", channels: int = 3,
+          channels_last: bool | None = None, compile_model: bool = False, compare: tuple[str, ...] = (),
+          stem: str = "auto") -> dict:
+    from .train import resolve_device, resolve_precision
+
+    if steps < 1 or batch_size < 2:
+        raise UserError("--steps must be ≥ 1 and --batch-size ≥ 2")
+    unknown = [p for p in compare if p not in PEERS]
+    if unknown:
+        raise UserError(f"--compare: unknown peer '{unknown[0]}'; choose from {', '.join(PEERS)}")
+    torch.manual_seed(0)
+    dev = resolve_device(device)
+    amp_dtype = resolve_precision(precision, dev)
+    if channels_last is None:
+        channels_last = dev.type in ("cpu", "cuda")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    step, augment_only, flops_per_step = _our_step(backbone, width, image_size, channels, batch_size, dev, amp_dtype,
+                                                   channels_last, compile_model, stem)
+    times = time_steps(step, dev, steps, warmup)
+    augment_times = time_steps(augment_only, dev, steps, 1)
+    seconds = statistics.median(times)
+    peak = matmul_peak(dev, amp_dtype or torch.float32)
+    memory_key, memory = peak_memory_mb(dev)
+    result = {
+        "device": device_name(dev), "backbone": backbone, "width": width, "stem": stem, "image_size": image_size,
+        "batch_size": batch_size, "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
+        "channels_last": channels_last, "compile": compile_model, "steps": steps,
+        "ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds,
+        "augment_ms_per_step": 1000 * statistics.median(augment_times),
+        "flops_per_image": flops_per_step / batch_size if flops_per_step else None,
+        "peak_flops": peak, memory_key: memory,
+    }
+    result["augment_fraction"] = result["augment_ms_per_step"] / result["ms_per_step"]
+    if flops_per_step:
+        result["achieved_flops"] = flops_per_step / seconds
+        result["utilization"] = result["achieved_flops"] / peak
+    result["compare"] = {}
+    for peer in compare:
+        result["compare"][peer] = bench_peer(peer, backbone, width, image_size, channels, batch_size, dev, amp_dtype,
+                                             steps, warmup, result["images_per_s"])
+    return result
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def bench_peer(peer: str, backbone: str, width: float, image_size: int, channels: int, batch_size: int,
+               device: torch.device, amp_dtype, steps: int, warmup: int, ours_images_per_s: float) -> dict:
+    from . import peers
+
+    try:
+        step = peers.STEPS[peer](backbone, width, image_size, channels, batch_size, device, amp_dtype)
+    except ImportError as error:
+        return {"skipped": f"not installed ({error.name}); pip install 'byol[bench]'"}
+    seconds = statistics.median(time_steps(step, device, steps, warmup))
+    images_per_s = batch_size / seconds
+    return {"images_per_s": images_per_s, "ms_per_step": 1000 * seconds, "ours_over_peer": ours_images_per_s / images_per_s}
+
+
+def format_result(result: dict) -> str:
+    def fmt(value, scale=1.0, digits=1, unit=""):
+        return "–" if value is None else f"{value / scale:.{digits}f}{unit}"
+
+    memory_key = "peak_cuda_memory_mb" if "peak_cuda_memory_mb" in result else "peak_rss_mb"
+    lines = [
+        f"device       {result['device']}",
+        f"model        {result['backbone']} ×{result['width']}, {result['image_size']} px, batch {result['batch_size']}, "
+        f"{result['precision']}{', channels_last' if result['channels_last'] else ''}"
+        f"{', compiled' if result['compile'] else ''}",
+        f"step         {fmt(result['ms_per_step'])} ms  ({fmt(result['images_per_s'])} images/s)",
+        f"augment      {fmt(result['augment_ms_per_step'])} ms per step ({100 * result['augment_fraction']:.1f}%)",
+        f"FLOPs/image  {fmt(result['flops_per_image'], 1e9, 2, ' GFLOP')}",
+        f"achieved     {fmt(result.get('achieved_flops'), 1e9, 1, ' GFLOP/s')} of a measured matmul peak "
+        f"{fmt(result['peak_flops'], 1e9, 1, ' GFLOP/s')}: utilization {fmt(100 * result['utilization'] if result.get('utilization') else None, 1, 1, '%')}",
+        f"memory       {fmt(result[memory_key], 1, 0, ' MB')} ({memory_key})",
+    ]
+    for peer, peer_result in result["compare"].items():
+        if "skipped" in peer_result:
+            lines.append(f"vs {peer:<10} skipped: {peer_result['skipped']}")
+        else:
+            lines.append(f"vs {peer:<10} {peer_result['images_per_s']:.1f} images/s: ours is "
+                         f"{peer_result['ours_over_peer']:.2f}× theirs")
+    return "\n".join(lines)
