@@ -91,6 +91,11 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, fashion_dir):
     (["--dataset", "folder", "--data", "/nonexistent/imgs"], "/nonexistent/imgs"),
     (["--batch-size", "1"], "--batch-size"),
     (["--config", "/nonexistent/c.yaml"], "/nonexistent/c.yaml"),
+    (["--method", "moco"], "--method"),
+    (["--aug-remove", "colour"], "--aug-remove"),
+    (["--norm", "layer"], "--norm"),
+    (["--stem", "big"], "--stem"),
+    (["--method", "simclr", "--no-predictor"], "--method"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, expected):
     result = run_cli("train", "--out", str(tmp_path / "x"), *args)
