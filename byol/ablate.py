@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +67,7 @@ def run_suite(suite: str, preset: str, out: str, config_file: str | None = None,
     if preset not in SUITE_PRESETS:
         raise UserError(f"unknown preset '{preset}' (option --preset); choose one of {', '.join(SUITE_PRESETS)}")
     from .report import evaluate_encoder
-    from .train import BACKBONE, METRICS, train
+    from .train import BACKBONE, METRICS, log, train
 
     base = resolve(SUITE_PRESETS[preset], config_file)
     # Monitors that do not change the table are off: they cost time and each run is evaluated after.
@@ -81,9 +80,9 @@ def run_suite(suite: str, preset: str, out: str, config_file: str | None = None,
         result_path = run_dir / RESULT
         if result_path.exists():
             results.append(json.loads(result_path.read_text()))
-            say(f"[{number}/{len(variants)}] {variant.name}: done earlier", quiet)
+            log(f"[{number}/{len(variants)}] {variant.name}: done earlier", quiet)
             continue
-        say(f"[{number}/{len(variants)}] {variant.name}", quiet)
+        log(f"[{number}/{len(variants)}] {variant.name}", quiet)
         cfg = merge(base, {**variant.overrides, "out": str(run_dir), "resume": True}, f"variant {variant.name}")
         cfg.validate()
         started = time.perf_counter()
@@ -103,7 +102,7 @@ def run_suite(suite: str, preset: str, out: str, config_file: str | None = None,
         result["wall_s"] = round(time.perf_counter() - started, 1)
         atomic_write(result_path, lambda tmp, r=result: Path(tmp).write_text(json.dumps(r, indent=2) + "\n"))
         results.append(result)
-        say(f"    {summary_line(result)}", quiet)
+        log(f"    {summary_line(result)}", quiet)
         write_outputs(out_dir, results, suite, preset, base)
     reference = reference_scores(out_dir, variants[0], base, preset, quiet)
     write_outputs(out_dir, results, suite, preset, base, reference)
@@ -113,7 +112,7 @@ def run_suite(suite: str, preset: str, out: str, config_file: str | None = None,
 def reference_scores(out_dir: Path, first: Variant, base: TrainConfig, preset: str, quiet: bool) -> dict:
     """Random-init encoder (same architecture) and raw pixels under the same evaluation, once per suite."""
     from .report import evaluate_encoder
-    from .train import BACKBONE
+    from .train import BACKBONE, log
 
     path = out_dir / "reference.json"
     if path.exists():
@@ -121,7 +120,7 @@ def reference_scores(out_dir: Path, first: Variant, base: TrainConfig, preset: s
     encoder = out_dir / "runs" / first.name / BACKBONE
     if not encoder.exists():
         return {}
-    say("reference rows: random-init encoder and raw pixels", quiet)
+    log("reference rows: random-init encoder and raw pixels", quiet)
     report = evaluate_encoder(str(encoder), ["knn", "linear"], base.dataset, base.data, base.device, baselines=True,
                               linear_epochs=base_linear_epochs(preset), quiet=True)
     reference = {k: report[k] for k in ("random_init_knn_top1", "random_init_linear_top1", "raw_pixel_knn_top1",
@@ -138,11 +137,6 @@ def last_record(metrics_path: Path) -> dict:
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     with_collapse = [r for r in records if "embedding_std" in r]
     return with_collapse[-1] if with_collapse else {}
-
-
-def say(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
 
 
 def _number(value, digits: int = 2) -> str:

@@ -16,10 +16,9 @@ from collections.abc import Callable
 import torch
 
 from .augment import BYOLAugment
-from .backbones import build_backbone
+from .config import TrainConfig
 from .errors import UserError
-from .model import BYOL
-from .optim import LARS, lars_param_groups
+from .schedules import scaled_lr
 
 PEERS = ("byol-pytorch", "lightly")
 
@@ -75,18 +74,25 @@ def peak_memory_mb(device: torch.device) -> tuple[str, float]:
     return "peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _our_step(backbone: str, width: float, image_size: int, channels: int, batch_size: int, device: torch.device,
-              amp_dtype: torch.dtype | None, channels_last: bool, compile_model: bool, stem: str = "auto"):
-    from .train import training_step
+def random_images(batch_size: int, channels: int, image_size: int, device: torch.device) -> torch.Tensor:
+    """The benchmark's batch: uint8 images, as the data pipeline hands them over."""
+    return torch.randint(0, 256, (batch_size, channels, image_size, image_size), dtype=torch.uint8, device=device)
 
-    encoder = build_backbone(backbone, width, image_size, channels, stem)
-    learner = BYOL(encoder, encoder.feature_dim).to(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    learner = learner.to(memory_format=memory_format)
+
+def _our_step(backbone: str, width: float, image_size: int, channels: int, batch_size: int, device: torch.device,
+              amp_dtype: torch.dtype | None, memory_format: torch.memory_format, compile_model: bool,
+              stem: str = "auto"):
+    from .train import build_learner, build_optimizer, training_step
+
+    # The learner and optimizer `byol train` would build (paper heads, LARS) for this backbone.
+    cfg = TrainConfig(backbone=backbone, width=width, stem=stem, batch_size=batch_size)
+    learner = build_learner(cfg, channels, image_size).to(device).to(memory_format=memory_format)
+    optimizer = build_optimizer(cfg, learner)
+    for group in optimizer.param_groups:
+        group["lr"] = scaled_lr(cfg.lr, batch_size)
     augment = BYOLAugment(image_size, (0.5,) * channels, (0.25,) * channels).to(device)
-    optimizer = LARS(lars_param_groups(learner, 1.5e-6), lr=0.2 * batch_size / 256, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    images = torch.randint(0, 256, (batch_size, channels, image_size, image_size), dtype=torch.uint8, device=device)
+    images = random_images(batch_size, channels, image_size, device)
 
     def step():
         return training_step(learner, augment, optimizer, scaler, images, 0.996, memory_format, amp_dtype)
@@ -104,7 +110,7 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
           steps: int = 20, warmup: int = 3, device: str = "auto", precision: str = "auto", channels: int = 3,
           channels_last: bool | None = None, compile_model: bool = False, compare: tuple[str, ...] = (),
           stem: str = "auto") -> dict:
-    from .train import resolve_device, resolve_precision
+    from .train import memory_format_for, resolve_device, resolve_precision
 
     if steps < 1 or batch_size < 2:
         raise UserError("--steps must be ≥ 1 and --batch-size ≥ 2")
@@ -114,13 +120,12 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
     torch.manual_seed(0)
     dev = resolve_device(device)
     amp_dtype = resolve_precision(precision, dev)
-    if channels_last is None:
-        channels_last = dev.type in ("cpu", "cuda")
+    memory_format = memory_format_for(channels_last, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
     step, augment_only, flops_per_step = _our_step(backbone, width, image_size, channels, batch_size, dev, amp_dtype,
-                                                   channels_last, compile_model, stem)
+                                                   memory_format, compile_model, stem)
     times = time_steps(step, dev, steps, warmup)
     augment_times = time_steps(augment_only, dev, steps, 1)
     seconds = statistics.median(times)
@@ -129,7 +134,7 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
     result = {
         "device": device_name(dev), "backbone": backbone, "width": width, "stem": stem, "image_size": image_size,
         "batch_size": batch_size, "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
-        "channels_last": channels_last, "compile": compile_model, "steps": steps,
+        "channels_last": memory_format == torch.channels_last, "compile": compile_model, "steps": steps,
         "ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds,
         "augment_ms_per_step": 1000 * statistics.median(augment_times),
         "flops_per_image": flops_per_step / batch_size if flops_per_step else None,

@@ -13,10 +13,7 @@ import copy
 import torch
 
 from .backbones import build_backbone
-
-
-def _images(batch_size: int, channels: int, image_size: int, device: torch.device) -> torch.Tensor:
-    return torch.randint(0, 256, (batch_size, channels, image_size, image_size), dtype=torch.uint8, device=device)
+from .bench import random_images
 
 
 def _autocast(device: torch.device, amp_dtype):
@@ -34,7 +31,7 @@ def byol_pytorch_step(backbone: str, width: float, image_size: int, channels: in
     encoder = build_backbone(backbone, width, image_size, channels)
     learner = LucidBYOL(encoder, image_size=image_size, hidden_layer="avgpool").to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=3e-4)
-    images = _images(batch_size, channels, image_size, device)
+    images = random_images(batch_size, channels, image_size, device)
 
     def step():
         with _autocast(device, amp_dtype):
@@ -71,7 +68,7 @@ def lightly_step(backbone: str, width: float, image_size: int, channels: int, ba
     transform = BYOLTransform(BYOLView1Transform(input_size=image_size), BYOLView2Transform(input_size=image_size))
     criterion = NegativeCosineSimilarity()
     optimizer = torch.optim.SGD(online.parameters(), lr=0.06)
-    pictures = [to_pil_image(image) for image in _images(batch_size, channels, image_size, torch.device("cpu"))]
+    pictures = [to_pil_image(image) for image in random_images(batch_size, channels, image_size, torch.device("cpu"))]
 
     def predict(x):
         return online["prediction"](online["projection"](online["backbone"](x)))
