@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import UserError
@@ -50,6 +51,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     add("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     add("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the learner")
+    add("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+        help="under torchrun, batch norm over the global batch (default on; --no-sync-bn: per-process statistics)")
     add("--seed", type=int)
     add("--out", metavar="DIR", help="run folder (checkpoint, config, metrics, weights)")
     add("--log-every", type=int, metavar="STEPS")
@@ -69,7 +72,7 @@ TRAIN_OPTION_NAMES = (
     "dataset", "data", "subset", "image_size", "workers", "crop_min_scale", "aug_remove", "method", "predictor",
     "negatives_beta", "temperature", "norm", "backbone", "stem", "width", "projection_dim",
     "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer",
-    "momentum", "weight_decay", "trust_coefficient", "base_tau", "device", "precision", "channels_last", "compile", "seed",
+    "momentum", "weight_decay", "trust_coefficient", "base_tau", "device", "precision", "channels_last", "compile", "sync_bn", "seed",
     "out", "log_every", "checkpoint_every", "knn_every", "knn_bank", "knn_test", "online_probe", "tensorboard",
     "stop_after_steps", "resume",
 )
@@ -228,10 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .distributed import launched_world_size
+
+    # Under torchrun every rank hits the same user error; one line is enough.
+    speaks = os.environ.get("RANK", "0") == "0"
     try:
+        if args.command != "train" and launched_world_size() > 1:
+            raise UserError(f"byol {args.command} runs in one process: launch it without torchrun "
+                            "(only `byol train` is distributed)")
         return args.func(args)
     except UserError as error:
-        print(f"byol: error: {error}", file=sys.stderr)
+        if speaks:
+            print(f"byol: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("byol: interrupted", file=sys.stderr)

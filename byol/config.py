@@ -52,6 +52,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool | None = None  # None: on for CPU and CUDA, where it measured faster
+    sync_bn: bool = True  # under torchrun: batch norm over the global batch (the paper's cross-replica BN)
     compile: bool = False  # torch.compile the learner (minutes of compilation first; see docs/performance.md)
     seed: int = 0
     out: str = "runs/byol"
@@ -118,6 +119,8 @@ class TrainConfig:
             bad("crop_min_scale", f"must be in (0, 1], got {self.crop_min_scale}")
         if self.subset is not None and self.subset < self.batch_size:
             bad("subset", f"{self.subset} images make no full batch of {self.batch_size}")
+        if self.seed < 0:
+            bad("seed", f"must not be negative, got {self.seed}")
         if self.stop_after_steps is not None and self.stop_after_steps <= 0:
             bad("stop_after_steps", "must be positive")
         return self

@@ -315,14 +315,22 @@ def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
 class BatchStream:
     """Full batches of one epoch, in a seeded order, from batch `start` on.
 
-    Yields (uint8 images, labels or None). `bad_images` counts folder images that failed to decode.
+    Yields (uint8 images, labels or None). `batch_size` is the global batch: with `world_size` W,
+    rank r gets rows r·B/W … (r+1)·B/W of each global batch, so every rank walks the same seeded
+    order (a distributed sampler re-seeded each epoch) and the global batches are those of one
+    process. `bad_images` counts folder images that failed to decode on this rank.
     """
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, workers: int = 2, pin_memory: bool = False):
+    def __init__(self, dataset: ImageDataset, batch_size: int, workers: int = 2, pin_memory: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size} processes")
         self.dataset = dataset
         self.batch_size = batch_size
         self.workers = workers
         self.pin_memory = pin_memory
+        self.rank = rank
+        self.world_size = world_size
         self.bad_images = 0
 
     def __len__(self) -> int:
@@ -331,7 +339,9 @@ class BatchStream:
     def epoch(self, seed: int, epoch: int, start: int = 0, shuffle: bool = True, drop_last: bool = True):
         order = epoch_order(len(self.dataset), seed, epoch) if shuffle else torch.arange(len(self.dataset))
         count = len(self) if drop_last else -(-len(self.dataset) // self.batch_size)
-        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start, count)]
+        local = self.batch_size // self.world_size
+        first = self.rank * local
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size][first:first + local] for i in range(start, count)]
         if self.dataset.images is not None:
             for index in batches:
                 images = self.dataset.images[index]

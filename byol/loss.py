@@ -1,5 +1,7 @@
 """Losses: BYOL's regression loss, the paper's optional negatives term, and SimCLR's NT-Xent."""
 
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 
@@ -17,31 +19,42 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def negatives_term(p: torch.Tensor, z_same_view: torch.Tensor, z_other_view: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
+                   temperature: float, offset: int = 0) -> torch.Tensor:
     """Per-sample repulsive term of the paper's InfoNCE_{α,β} (appendix, "adding negatives").
 
     2α·ln( Σ_{j≠i} exp(S(vᵢ, vⱼ)/α) + Σ_j exp(S(vᵢ, v'ⱼ)/α) ), where S is the cosine between the
     online prediction of one image and the target projection of another; `β ×` this term added to
     `byol_loss` is the paper's loss with negatives (β = 0 is BYOL). The targets are constants.
+    The targets may hold more rows than `p` (every rank's, see distributed.gather): `p`'s images are
+    rows `offset … offset + len(p)` of them.
     """
     p = F.normalize(p.float(), dim=-1)
     same = p @ F.normalize(z_same_view.detach().float(), dim=-1).T / temperature
     other = p @ F.normalize(z_other_view.detach().float(), dim=-1).T / temperature
     # vᵢ against its own image in the same view is neither a positive nor a negative.
-    same = same.masked_fill(torch.eye(len(p), dtype=torch.bool, device=p.device), float("-inf"))
+    own = torch.arange(len(p), device=p.device)
+    same[own, own + offset] = float("-inf")
     return 2 * temperature * torch.logsumexp(torch.cat([same, other], dim=1), dim=1)
 
 
-def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's normalised-temperature cross-entropy, averaged over all 2B anchors.
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float, all_z1: torch.Tensor | None = None,
+                 all_z2: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross-entropy, averaged over the 2B anchors of (z1, z2).
 
-    Each anchor's positive is the other view of its image; the other 2B − 2 embeddings are negatives.
+    Each anchor's positive is the other view of its image; the other 2N − 2 embeddings are negatives,
+    where `all_z1`/`all_z2` (default: z1, z2) hold all N images of the global batch and z1/z2 are
+    their rows `offset … offset + B` (see distributed.gather).
     """
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=-1)
-    logits = z @ z.T / temperature
-    n = len(z1)
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    all_z1 = z1 if all_z1 is None else all_z1
+    all_z2 = z2 if all_z2 is None else all_z2
+    anchors = F.normalize(torch.cat([z1, z2]).float(), dim=-1)
+    candidates = F.normalize(torch.cat([all_z1, all_z2]).float(), dim=-1)
+    logits = anchors @ candidates.T / temperature
+    n, total = len(z1), len(all_z1)
+    own = torch.arange(n, device=z1.device) + offset
+    rows = torch.arange(2 * n, device=z1.device)
+    logits[rows, torch.cat([own, own + total])] = float("-inf")  # an anchor is not its own negative
+    positives = torch.cat([own + total, own])
     return F.cross_entropy(logits, positives)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .distributed import gather
 from .loss import negative_cosine_loss, nt_xent_loss
 from .model import BYOL, MLPHead, ViewOutputs
 
@@ -37,7 +38,9 @@ class SimCLR(nn.Module):
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, return_outputs: bool = False):
         y1, y2 = self.online_encoder(view1), self.online_encoder(view2)
         g1, g2 = self.online_projector(y1), self.online_projector(y2)
-        loss = nt_xent_loss(g1, g2, self.temperature)
+        # Negatives come from the whole global batch when the batch is split over ranks.
+        (all_g1, offset), (all_g2, _) = gather(g1), gather(g2)
+        loss = nt_xent_loss(g1, g2, self.temperature, all_g1, all_g2, offset)
         return (loss, ViewOutputs((y1, y2), (g1, g2))) if return_outputs else loss
 
     def update_target(self, tau: float) -> None:

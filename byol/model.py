@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .backbones import first_conv_in_channels, infer_feature_dim
+from .distributed import gather
 from .loss import byol_loss, negatives_term
 from .norm import WSLinear, check_norm, group_norm
 
@@ -121,8 +122,11 @@ class BYOL(nn.Module):
         z2 = self.target(view2)
         per_sample = byol_loss(p1, z2) + byol_loss(p2, z1)
         if self.negatives_beta:
+            # Negatives come from the whole global batch when the batch is split over ranks.
+            (all_z1, offset), (all_z2, _) = gather(z1), gather(z2)
             per_sample = per_sample + self.negatives_beta * (
-                negatives_term(p1, z1, z2, self.temperature) + negatives_term(p2, z2, z1, self.temperature))
+                negatives_term(p1, all_z1, all_z2, self.temperature, offset)
+                + negatives_term(p2, all_z2, all_z1, self.temperature, offset))
         loss = per_sample.mean()
         if return_outputs:
             return loss, ViewOutputs((y1, y2), (g1, g2))

@@ -6,6 +6,9 @@
 - kNN monitor: every `knn_every` epochs, kNN top-1 (k=200, cosine, T=0.07) of a seeded test subset
   against a seeded training bank, with the encoder in eval mode (running statistics untouched).
 - TensorBoard scalars for every numeric field of metrics.jsonl.
+Under torchrun the probe is trained on every rank's slice with gradients averaged over ranks (and
+synchronized batch norm), so all ranks hold the same probe; the kNN monitor runs on rank 0 alone,
+with the encoder in eval mode, which needs no collective.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import all_reduce_sum, average_gradients, convert_sync_batchnorm, is_distributed
 from .errors import UserError
 from .schedules import learning_rate
 
 
 class Monitor:
-    def __init__(self, cfg, dataset, feature_dim: int, image_size: int, device: torch.device, total_steps: int):
+    def __init__(self, cfg, dataset, feature_dim: int, image_size: int, device: torch.device, total_steps: int,
+                 main: bool = True):
         self.device = device
         self.total_steps = total_steps
         self.knn_every = cfg.knn_every
@@ -33,13 +38,14 @@ class Monitor:
             # Initialised from its own seed so the global RNG (augmentations) is untouched.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + 3)
-                self.probe = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
-                                           nn.Linear(feature_dim, dataset.num_classes)).to(device)
+                probe = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
+                                      nn.Linear(feature_dim, dataset.num_classes)).to(device)
+            self.probe = convert_sync_batchnorm(probe, device) if is_distributed() else probe
             self.optimizer = torch.optim.SGD(self.probe.parameters(), lr=0.1, momentum=0.9, nesterov=True)
             self.correct = torch.zeros((), device=device)
             self.seen = torch.zeros((), device=device)
         self.bank = self.test = None
-        if self.knn_every and has_labels:
+        if self.knn_every and has_labels and main:
             from .data import dataset_images, load_dataset
 
             size = dataset.load_size or image_size
@@ -65,14 +71,18 @@ class Monitor:
             group["lr"] = learning_rate(step, self.total_steps, warmup_steps=0, peak_lr=0.1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.probe.parameters())
         self.optimizer.step()
         self.correct += (logits.argmax(1) == labels).sum()
         self.seen += len(labels)
 
     def log_values(self) -> dict:
-        if self.probe is None or self.seen.item() == 0:
+        if self.probe is None:
             return {}
-        value = {"probe_top1": 100.0 * (self.correct / self.seen).item()}
+        correct, seen = all_reduce_sum(torch.stack([self.correct, self.seen])).tolist()
+        if seen == 0:
+            return {}
+        value = {"probe_top1": 100.0 * correct / seen}
         self.correct.zero_()
         self.seen.zero_()
         return value

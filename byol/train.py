@@ -13,6 +13,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .augment import VIEW1, VIEW2, BYOLAugment, EvalTransform, without
@@ -21,6 +22,19 @@ from .checkpoint import EncoderInfo, load_checkpoint, save_checkpoint, save_weig
 from .collapse import collapse_metrics, is_collapsed
 from .config import TrainConfig, save_yaml
 from .data import BatchStream, load_dataset
+from .distributed import (
+    Context,
+    all_reduce_mean,
+    all_reduce_sum,
+    broadcast_object,
+    convert_sync_batchnorm,
+    elastic_restart_count,
+    local_device,
+    setup,
+    teardown,
+    unwrap,
+    wrap,
+)
 from .errors import UserError
 from .methods import build_method
 from .monitor import Monitor, TensorBoard
@@ -32,7 +46,7 @@ BACKBONE = "backbone.safetensors"
 METRICS = "metrics.jsonl"
 TRAJECTORY_KEYS = ("dataset", "subset", "image_size", "crop_min_scale", "aug_remove", "method", "predictor",
                    "negatives_beta", "temperature", "norm", "backbone", "stem", "width", "projection_dim",
-                   "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
+                   "projector_hidden_dim", "predictor_hidden_dim", "sync_bn", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
                    "weight_decay", "trust_coefficient", "base_tau", "precision", "seed")
 
 
@@ -116,6 +130,8 @@ def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer:
                   memory_format: torch.memory_format = torch.contiguous_format, amp_dtype: torch.dtype | None = None):
     """One step on a batch already on the device: both views, loss, update, target EMA. No host sync.
 
+    `learner` may be wrapped in DistributedDataParallel (gradients averaged over ranks).
+
     `byol bench` times exactly this function, so its figures are the training loop's.
     """
     view1, view2 = augment(images)
@@ -127,21 +143,15 @@ def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer:
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    learner.update_target(tau)
+    unwrap(learner).update_target(tau)
     return loss, outputs
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def augmentation_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of one step's augmentations on one rank: a pure function of (seed, step, rank), as the
+    official code folds the step into its RNG key. A resumed run, or a restarted worker, draws exactly
+    what the uninterrupted run drew, without any RNG state in the checkpoint; ranks draw differently."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -188,27 +198,60 @@ def log(message: str, quiet: bool) -> None:
 
 
 def train(cfg: TrainConfig, quiet: bool = False) -> dict:
-    """Run (or resume) one BYOL training job; return a summary. Writes into cfg.out."""
+    """Run (or resume) one BYOL training job; return a summary. Writes into cfg.out.
+
+    Launched by torchrun, every process calls this; they train one model with DDP (see distributed.py).
+    """
+    device = local_device(resolve_device(cfg.device))
+    context = setup(device)
+    try:
+        return _train(cfg, quiet or not context.is_main, device, context)
+    finally:
+        teardown(context)
+
+
+def _read_resume_state(checkpoint_path: Path, resume: bool, context: Context) -> dict | None:
+    """Rank 0 decides (fresh, resume, or a refusal) and every rank gets the same answer and state."""
+    outcome = None
+    if context.is_main:
+        try:
+            if checkpoint_path.exists() and not resume:
+                raise UserError(f"{checkpoint_path} exists: pass --resume to continue that run, or choose another --out")
+            outcome = ("state", load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None)
+        except UserError as error:
+            outcome = ("error", str(error))
+    kind, value = broadcast_object(outcome)
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context) -> dict:
     out = Path(cfg.out)
     checkpoint_path = out / CHECKPOINT
-    if checkpoint_path.exists() and not cfg.resume:
-        raise UserError(f"{checkpoint_path} exists: pass --resume to continue that run, or choose another --out")
+    main, world_size = context.is_main, context.world_size
+    restarts = elastic_restart_count()
+    if restarts:
+        log(f"torchrun restart {restarts} after a failed worker: continuing from {checkpoint_path}", quiet)
+    resume = cfg.resume or restarts > 0
+    state = _read_resume_state(checkpoint_path, resume, context)
 
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     amp_dtype = resolve_precision(cfg.precision, device)
 
     # ---- data
-    dataset = load_dataset(cfg.dataset, cfg.data, "train", load_size=_folder_load_size(cfg))
+    with context.main_first():  # a download happens once
+        dataset = load_dataset(cfg.dataset, cfg.data, "train", load_size=_folder_load_size(cfg))
     dataset = dataset.subset(cfg.subset, cfg.seed)
     image_size = image_size_for(cfg, dataset.native_size)
     if len(dataset) < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training images")
-    stream = BatchStream(dataset, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
+    stream = BatchStream(dataset, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda",
+                         rank=context.rank, world_size=world_size)
     steps_per_epoch = len(stream)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    peak_lr = scaled_lr(cfg.lr, cfg.batch_size)
+    peak_lr = scaled_lr(cfg.lr, cfg.batch_size)  # the global batch
 
     # ---- augment, model, optimizer
     crop_scale = (cfg.crop_min_scale, 1.0)
@@ -216,24 +259,29 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     augment = BYOLAugment(image_size, dataset.mean, dataset.std,
                           without(dataclasses.replace(VIEW1, crop_scale=crop_scale), removed),
                           without(dataclasses.replace(VIEW2, crop_scale=crop_scale), removed)).to(device)
-    learner = build_learner(cfg, dataset.channels, image_size).to(device)
+    learner = build_learner(cfg, dataset.channels, image_size)
+    sync_bn = world_size > 1 and cfg.sync_bn
+    if sync_bn:
+        learner = convert_sync_batchnorm(learner, device)
     memory_format = memory_format_for(cfg.channels_last, device)
-    learner = learner.to(memory_format=memory_format)
+    learner = learner.to(device).to(memory_format=memory_format)
     optimizer = build_optimizer(cfg, learner)
     if cfg.compile:
         learner.compile()  # in place, so parameter names (and checkpoints) are those of the eager model
     info = EncoderInfo(cfg.backbone, cfg.width, dataset.channels, image_size, learner.feature_dim, cfg.dataset,
                        tuple(dataset.mean), tuple(dataset.std), resolve_stem(cfg.stem, image_size), cfg.norm)
-    monitor = Monitor(cfg, dataset, learner.feature_dim, image_size, device, total_steps)
+    monitor = Monitor(cfg, dataset, learner.feature_dim, image_size, device, total_steps, main=main)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     # ---- resume
     step = 0
-    if cfg.resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
+    if state is not None:
         changed = [k for k in TRAJECTORY_KEYS if state["config"].get(k) != getattr(cfg, k)]
         if changed:
             log(f"warning: resuming with changed settings: {', '.join(changed)}", quiet)
+        if state.get("world_size", 1) != world_size:
+            log(f"warning: resuming a {state.get('world_size', 1)}-process run with {world_size}: the global batch "
+                "and data order are unchanged, the augmentation draws are not", quiet)
         try:
             learner.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -242,44 +290,59 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
             raise UserError(f"{checkpoint_path}: does not match this configuration ({str(error).splitlines()[0]})") from None
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
         step = state["step"]
-        _truncate_metrics(out / METRICS, step)
+        if main:
+            _truncate_metrics(out / METRICS, step)
         log(f"resuming {checkpoint_path} at step {step}/{total_steps}", quiet)
-    elif cfg.resume:
+    elif resume:
         log(f"--resume: no checkpoint in {out} yet, starting fresh", quiet)
-    if step == 0:
-        # No checkpoint: any metrics.jsonl here is from a run that died before its first one.
-        (out / METRICS).unlink(missing_ok=True)
+    del state
+    model = wrap(learner, device)  # after loading, so DDP's initial broadcast sends the resumed weights
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml", resolved={
-        "world_size": 1, "peak_lr": peak_lr, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-        "image_size": image_size, "device": str(device), "autocast": str(amp_dtype or "fp32"),
-    })
-
-    def checkpoint(at_step: int) -> None:
-        save_checkpoint(checkpoint_path, {
-            "format": 1, "step": at_step, "config": cfg.to_dict(), "model": learner.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "rng": _rng_state(), "encoder_info": info.to_dict(), "monitor": monitor.state_dict(),
+    if main:
+        if step == 0:
+            # No checkpoint: any metrics.jsonl here is from a run that died before its first one.
+            (out / METRICS).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml", resolved={
+            "world_size": world_size, "batch_per_process": cfg.batch_size // world_size, "sync_bn": sync_bn,
+            "peak_lr": peak_lr, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+            "image_size": image_size, "device": str(device), "autocast": str(amp_dtype or "fp32"),
         })
 
+    def checkpoint(at_step: int) -> None:
+        if main:
+            save_checkpoint(checkpoint_path, {
+                "format": 1, "step": at_step, "config": cfg.to_dict(), "world_size": world_size,
+                "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "encoder_info": info.to_dict(), "monitor": monitor.state_dict(),
+            })
+
     # ---- train
-    board = TensorBoard(out / "tensorboard" if cfg.tensorboard else None)
+    board = TensorBoard(out / "tensorboard" if cfg.tensorboard and main else None)
     augment_eval = EvalTransform(image_size, dataset.mean, dataset.std).to(device)
-    metrics_file = open(out / METRICS, "a")
+    metrics_file = open(out / METRICS, "a") if main else None
 
     def write_record(record: dict) -> None:
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        board.log(record)
+        if main:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            board.log(record)
 
-    if step == 0 and monitor.knn_due(0, cfg.epochs):
+    def knn_monitor(epoch: int, record: dict) -> None:
+        # Rank 0 alone, in eval mode (no collectives inside); the others wait for it.
+        if main and monitor.knn_due(epoch, cfg.epochs):
+            record["knn_top1"] = monitor.knn(learner.online_encoder, augment_eval)
+        context.barrier()
+
+    if step == 0:
         # The untrained encoder on the monitor's own subsets: the curve's honest starting point.
-        untrained = monitor.knn(learner.online_encoder, augment_eval)
-        write_record({"step": 0, "epoch": 0.0, "knn_top1": untrained})
-        log(f"kNN monitor before training: {untrained:.2f}%", quiet)
+        untrained = {"step": 0, "epoch": 0.0}
+        knn_monitor(0, untrained)
+        if "knn_top1" in untrained:
+            write_record(untrained)
+            log(f"kNN monitor before training: {untrained['knn_top1']:.2f}%", quiet)
     learner.train()
     progress = Progress(total_steps, step, enabled=not quiet)
     loss_sum = torch.zeros((), device=device)
@@ -296,7 +359,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
                 tau = target_tau(step, total_steps, cfg.base_tau)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss, outputs = training_step(learner, augment, optimizer, scaler, images.to(device, non_blocking=True),
+                torch.manual_seed(augmentation_seed(cfg.seed, step, context.rank))
+                loss, outputs = training_step(model, augment, optimizer, scaler, images.to(device, non_blocking=True),
                                               tau, memory_format, amp_dtype)
                 monitor.probe_step(outputs.representations[0], labels, step)
                 loss_sum += loss.detach()
@@ -305,23 +369,25 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
 
                 end_of_epoch = step % steps_per_epoch == 0
                 if step % cfg.log_every == 0 or step == stop_at or end_of_epoch:
-                    last_loss = (loss_sum / window_steps).item()  # the only host-device sync
+                    last_loss = (all_reduce_mean(loss_sum) / window_steps).item()  # the only host-device sync
                     elapsed = time.perf_counter() - window_start
                     record = {"step": step, "epoch": step / steps_per_epoch, "loss": last_loss, "lr": lr,
                               **({"tau": tau} if cfg.method == "byol" else {}),
-                              "images_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9)}
+                              "images_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
+                              "world_size": world_size}
                     record.update(monitor.log_values())
                     if not math.isfinite(last_loss):
                         raise UserError(f"loss is {last_loss} at step {step}: lower --lr or use --precision fp32; "
                                         f"the last good checkpoint in {out} is kept")
+                    # Rank 0's slice of the batch: a sample of the global batch, which is enough to see collapse.
                     record.update(collapse_metrics(outputs.projections[0], outputs.representations[0]))
                     if is_collapsed(record, cfg.projection_dim) != collapsed:
                         collapsed = not collapsed
                         log(f"warning: the representation has collapsed at step {step} (embedding_std "
                             f"{record['embedding_std']:.4f}, effective_rank {record['effective_rank']:.2f}); "
                             "see docs/ablations.md" if collapsed else f"step {step}: no longer collapsed", quiet)
-                    if end_of_epoch and monitor.knn_due(step // steps_per_epoch, cfg.epochs):
-                        record["knn_top1"] = monitor.knn(learner.online_encoder, augment_eval)
+                    if end_of_epoch:
+                        knn_monitor(step // steps_per_epoch, record)
                     write_record(record)
                     progress.update(step, total_steps, {"loss": last_loss, **({"tau": tau} if "tau" in record else {}),
                                                         "lr": lr,
@@ -336,23 +402,27 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
                 if step >= stop_at:
                     break
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
         board.close()
         progress.close()
     wall = time.perf_counter() - run_start
     trained = step - run_start_step
-    if stream.bad_images:
-        log(f"warning: {stream.bad_images} images could not be decoded and were replaced by black images", quiet)
+    bad_images = int(all_reduce_sum(torch.tensor(stream.bad_images)))
+    if bad_images:
+        log(f"warning: {bad_images} images could not be decoded and were replaced by black images", quiet)
 
     summary = {"steps": step, "total_steps": total_steps, "epochs": step / steps_per_epoch, "final_loss": last_loss,
                "wall_s": wall, "images_per_s": trained * cfg.batch_size / wall if trained else None,
-               "out": str(out), "finished": step >= total_steps, "bad_images": stream.bad_images}
+               "world_size": world_size, "out": str(out), "finished": step >= total_steps, "bad_images": bad_images}
     if step < total_steps:
         log(f"stopped at step {step}/{total_steps}; continue with: byol train --config {out / 'config.yaml'} --resume",
             quiet)
         return summary
-    save_weights(out / BACKBONE, learner.online_encoder.state_dict(), info.to_metadata())
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if main:
+        save_weights(out / BACKBONE, learner.online_encoder.state_dict(), info.to_metadata())
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    context.barrier()  # no rank reports success before the weights are on disk
     log(f"done: {step} steps in {wall:.0f} s"
         + (f" ({summary['images_per_s']:.0f} images/s)" if trained else "")
         + f"; encoder weights in {out / BACKBONE}", quiet)

@@ -1,0 +1,275 @@
+"""Many processes, one run: torchrun's environment, synchronized batch norm and cross-rank gathers.
+
+Under `torchrun` every process runs the same `byol train`; this module is what makes them one job.
+Policies:
+- The configured batch size is the *global* batch: each of W ranks takes a B/W slice of the same
+  global batch a single process would use, so the data order does not depend on W.
+- Batch norm is synchronized across ranks by default (the paper's cross-replica BN), in the online
+  and the target networks: W ranks × B/W then compute what one process computes with batch B. On
+  CUDA that is `torch.nn.SyncBatchNorm`; torch's version refuses CPU tensors, so elsewhere (gloo)
+  `SyncBatchNorm` below does the same arithmetic with autograd-aware all-reduces.
+- Contrastive terms (SimCLR, BYOL's negatives ablation) see the whole global batch as negatives
+  through `gather`, whose backward sums the gradient over ranks.
+Outside torchrun (WORLD_SIZE unset or 1) every function here is a no-op, so one code path serves both.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False  # we initialised the process group, so we tear it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    @contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first (e.g. a dataset download), the others after it has finished."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+
+def launched_world_size() -> int:
+    """The world size torchrun announced in the environment (1 when not launched by it)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def elastic_restart_count() -> int:
+    """How many times torchrun has restarted this job's workers (0 on the first attempt)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun each process drives its own GPU: cuda → cuda:LOCAL_RANK."""
+    if device.type == "cuda" and launched_world_size() > 1 and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def setup(device: torch.device) -> Context:
+    """Join torchrun's process group (nccl on CUDA, gloo otherwise); a 1-process Context without it."""
+    if dist.is_available() and dist.is_initialized():  # the caller's own group: use it, leave it to them
+        return Context(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+    if launched_world_size() <= 1:
+        return Context()
+    # torchrun keeps its key-value store across elastic restarts; without a key space per attempt a new
+    # worker can read a dead worker's address and fail to connect (seen with gloo, about 1 run in 3).
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"byol/attempt{elastic_restart_count()}", store)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", store=store, rank=rank, world_size=world_size, device_id=device)
+    else:
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
+    return Context(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size(), owns_group=True)
+
+
+def teardown(context: Context) -> None:
+    if context.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (a copy); the tensor itself outside torchrun."""
+    if not is_distributed():
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor / dist.get_world_size()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_object(value):
+    """Rank 0's `value` on every rank (pickled between our own processes, never read from a file)."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) whose gradient is all_reduce(SUM) of the incoming gradients: every rank's loss
+    depends on every rank's contribution, so each contribution receives the sum of their gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum over ranks; the tensor itself outside torchrun."""
+    return _SumOverRanks.apply(tensor) if is_distributed() else tensor
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor):
+        ctx.rank, ctx.rows = dist.get_rank(), len(tensor)
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Every rank's loss used every row: this rank's rows get the sum of all ranks' gradients.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def gather(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(rows of all ranks concatenated in rank order, offset of this rank's rows). Differentiable.
+
+    Every rank must pass the same number of rows (true here: the global batch is split evenly).
+    """
+    if not is_distributed():
+        return tensor, 0
+    return _Gather.apply(tensor), dist.get_rank() * len(tensor)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm over the global batch of all ranks, on any device and backend.
+
+    In training, one differentiable all-reduce of per-channel [Σ(x−K), Σ(x−K)², count] per call,
+    shifted by the running mean K (identical on every rank) so the variance does not cancel
+    catastrophically; the gradient path through the global statistics is exact. In eval mode, or in
+    one process, it is plain batch norm on the running statistics.
+    """
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        channels = x.shape[1]
+        view = (1, channels) + (1,) * (x.dim() - 2)
+        dims = [0, *range(2, x.dim())]
+        shift = self.running_mean.detach().float() if self.running_mean is not None else x.new_zeros(channels).float()
+        centred = x.float() - shift.view(view)
+        count = x.new_full((1,), x.numel() // channels, dtype=torch.float32)
+        totals = sum_over_ranks(torch.cat([centred.sum(dims), (centred * centred).sum(dims), count]))
+        n = totals[-1]
+        shifted_mean = totals[:channels] / n
+        var = (totals[channels:2 * channels] / n - shifted_mean * shifted_mean).clamp_min(0)
+        mean = shifted_mean + shift
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_((var * n / (n - 1).clamp_min(1)).detach(), momentum)
+        y = (x.float() - mean.view(view)) * torch.rsqrt(var.view(view) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(view) + self.bias.view(view)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm*d in `module` synchronized across ranks: torch's fused kernel on CUDA, ours elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _convert(module)
+
+
+def _convert(module: nn.Module) -> nn.Module:
+    if isinstance(module, _BatchNorm) and not isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
+        synced = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        if module.affine:
+            with torch.no_grad():
+                synced.weight = module.weight
+                synced.bias = module.bias
+        synced.running_mean = module.running_mean
+        synced.running_var = module.running_var
+        synced.num_batches_tracked = module.num_batches_tracked
+        synced.training = module.training
+        return synced
+    for name, child in module.named_children():
+        module.add_module(name, _convert(child))
+    return module
+
+
+def wrap(learner: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around the learner when there are several ranks; the learner itself otherwise."""
+    if not is_distributed():
+        return learner
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The learner inside a DDP wrapper (its update_target, online_encoder, state_dict names)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def average_gradients(parameters) -> None:
+    """Mean of each gradient over ranks, for small modules outside DDP (the online probe)."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()

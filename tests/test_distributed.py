@@ -1,0 +1,222 @@
+"""DDP on CPU with gloo: two ranks with half the batch each are one process with the whole batch, and
+torchrun runs resume, from a checkpoint or after a killed worker, to the uninterrupted result."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from byol.config import TrainConfig
+from byol.distributed import (SyncBatchNorm, all_reduce_mean, convert_sync_batchnorm, gather, sum_over_ranks,
+                              unwrap, wrap)
+from byol.train import build_learner, build_optimizer, training_step
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(width=0.125, projection_dim=16, projector_hidden_dim=32, predictor_hidden_dim=32, weight_decay=1e-4)
+
+
+class FixedViews(torch.nn.Module):
+    """A deterministic 'augmentation', so both runs see the same views of the same images."""
+
+    def forward(self, images):
+        return images, images.flip(-1) * 0.5 + 0.1
+
+
+def _in_ranks(world_size: int, tmp_path: Path, target, *args) -> list:
+    """Run target(*args) in `world_size` gloo processes; return what each rank returned (rank order)."""
+    mp.start_processes(_rank_main, args=(world_size, str(tmp_path), target, args), nprocs=world_size,
+                       start_method="spawn")
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
+
+
+def _rank_main(rank, world_size, directory, target, args):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world_size)
+    try:
+        torch.save(target(*args), f"{directory}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_steps(overrides: dict, images: torch.Tensor) -> dict:
+    """Two LARS steps of the real training step on this rank's slice of `images`."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    cfg = TrainConfig(**{**TINY, **overrides})
+    torch.manual_seed(0)
+    learner = build_learner(cfg, channels=1, image_size=16)
+    if world > 1:
+        learner = convert_sync_batchnorm(learner, torch.device("cpu"))
+    optimizer = build_optimizer(cfg, learner)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.05  # large enough to move every weight, small enough not to amplify round-off
+    model = wrap(learner, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    local = images.chunk(world)[rank]
+    losses = []
+    for _ in range(2):
+        loss, _ = training_step(model, FixedViews(), optimizer, scaler, local, tau=0.9)
+        losses.append(all_reduce_mean(loss.detach()))
+    return {"losses": torch.stack(losses), "state": unwrap(model).state_dict()}
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # BYOL
+    {"negatives_beta": 0.5},  # negatives from the other rank's images too
+    {"method": "simclr"},
+], ids=["byol", "byol-negatives", "simclr"])
+def test_two_ranks_with_sync_bn_equal_one_process_with_the_whole_batch(tmp_path, overrides):
+    images = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    single = _two_steps(overrides, images)
+    ranks = _in_ranks(2, tmp_path, _two_steps, overrides, images)
+
+    for result in ranks:
+        torch.testing.assert_close(result["losses"], single["losses"], rtol=1e-5, atol=1e-6)
+        assert result["state"].keys() == single["state"].keys()
+        for name, value in single["state"].items():
+            # online, target, predictor parameters and the batch-norm running statistics, to float32
+            # round-off of sums taken in another order (relative to each tensor's scale)
+            error = (result["state"][name].double() - value.double()).abs().max()
+            assert error <= 1e-4 * value.double().abs().max() + 1e-7, (name, float(error))
+    # the weights moved, so equality above is not equality of two untouched initialisations
+    torch.manual_seed(0)
+    initial = build_learner(TrainConfig(**{**TINY, **overrides}), channels=1, image_size=16).state_dict()
+    assert not torch.equal(initial["online_encoder.conv1.weight"], single["state"]["online_encoder.conv1.weight"])
+
+
+def _sync_bn_gradients(x: torch.Tensor) -> dict:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    bn = convert_sync_batchnorm(torch.nn.BatchNorm2d(3), torch.device("cpu"))
+    assert isinstance(bn, SyncBatchNorm)
+    local = x.chunk(world)[rank].clone().requires_grad_(True)
+    weights = torch.arange(local.numel(), dtype=torch.float32).view_as(local) + rank * local.numel()
+    # the loss of the global batch is the sum over ranks of each rank's part
+    (bn(local) * weights).sum().backward()
+    gathered, offset = gather(local.detach())
+    return {"grad": local.grad, "weight_grad": sum_over_ranks(bn.weight.grad), "offset": torch.tensor(offset),
+            "gathered": gathered, "running_var": bn.running_var}
+
+
+def test_sync_batchnorm_gradients_and_statistics_are_those_of_the_global_batch(tmp_path):
+    x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(2)) * 3 + 5  # far from the zero shift
+    reference = torch.nn.BatchNorm2d(3)
+    full = x.clone().requires_grad_(True)
+    weights = torch.arange(full.numel(), dtype=torch.float32).view_as(full)
+    (reference(full) * weights).sum().backward()
+
+    ranks = _in_ranks(2, tmp_path, _sync_bn_gradients, x)
+    torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]), full.grad, rtol=1e-4, atol=1e-4)
+    for r, result in enumerate(ranks):
+        torch.testing.assert_close(result["weight_grad"], reference.weight.grad, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(result["running_var"], reference.running_var)
+        torch.testing.assert_close(result["gathered"], x)
+        assert int(result["offset"]) == r * 3
+
+
+def test_batch_that_does_not_split_over_ranks_is_refused():
+    from byol.data import BatchStream, ImageDataset
+    from byol.errors import UserError
+
+    data = ImageDataset("x", 1, 8, (0.5,), (0.5,), images=torch.zeros(12, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(UserError, match="--batch-size 6 does not split evenly over 4"):
+        BatchStream(data, 6, rank=0, world_size=4)
+    slices = [torch.cat([b for b, _ in BatchStream(data, 6, rank=r, world_size=2).epoch(0, 0)]) for r in range(2)]
+    assert len(slices[0]) == len(slices[1]) == 6  # two global batches of 6, 3 images per rank each
+
+
+# ---------------------------------------------------------------- torchrun end to end
+
+# A tiny run on the synthetic Fashion-MNIST-format data: 16 steps, a checkpoint every 4.
+RUN = ["--preset", "smoke", "--subset", "256", "--batch-size", "32", "--epochs", "2", "--checkpoint-every", "4",
+       "--knn-bank", "128", "--knn-test", "64", "--device", "cpu", "--precision", "fp32", "--no-tensorboard"]
+
+
+def torchrun(out: Path, data: Path, *extra: str, max_restarts: int = 0, env: dict | None = None):
+    # --standalone: a fresh rendezvous round per restart (the static one can hand out stale addresses)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts",
+               str(max_restarts), "--monitor-interval", "0.2", "-m", "byol", "train", *RUN, "--data", str(data),
+               "--out", str(out), *extra]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=600)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from tests.conftest import make_fashion_like
+
+    root = tmp_path_factory.mktemp("torchrun")
+    data = make_fashion_like(root / "fashion")
+    out = root / "straight"
+    result = torchrun(out, data)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return data, out, load_file(str(out / "backbone.safetensors"))
+
+
+def test_torchrun_run_records_world_size_and_resumes_to_the_uninterrupted_weights(tmp_path, uninterrupted):
+    data, straight, weights = uninterrupted
+    records = _metrics(straight)
+    assert {r["world_size"] for r in records if "loss" in r} == {2}
+    assert [r["step"] for r in records] == sorted({r["step"] for r in records})
+    assert any("knn_top1" in r for r in records) and any("probe_top1" in r for r in records)
+    resolved = (straight / "config.yaml").read_text()
+    assert "world_size: 2" in resolved and "batch_per_process: 16" in resolved and "sync_bn: true" in resolved
+
+    out = tmp_path / "resumed"
+    first = torchrun(out, data, "--stop-after-steps", "6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (out / "backbone.safetensors").exists()
+    second = torchrun(out, data, "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming" in second.stderr and "at step 6/16" in second.stderr
+    assert second.stderr.count("resuming") == 1  # rank 0 speaks for the job
+    resumed = load_file(str(out / "backbone.safetensors"))
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
+    assert [r["step"] for r in _metrics(out)] == [r["step"] for r in records]
+
+
+KILLER = """
+# Test fault injection: on the first attempt, rank 1 dies with SIGKILL as it starts step {step}.
+import os
+if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+    import signal
+    import byol.train
+
+    real_step, calls = byol.train.training_step, [0]
+
+    def training_step(*args, **kwargs):
+        if calls[0] == {step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+        calls[0] += 1
+        return real_step(*args, **kwargs)
+
+    byol.train.training_step = training_step
+"""
+
+
+def test_killed_worker_restarts_from_the_last_checkpoint_to_the_uninterrupted_weights(tmp_path, uninterrupted):
+    data, straight, weights = uninterrupted
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(KILLER.format(step=6)))
+    out = tmp_path / "killed"
+    result = torchrun(out, data, max_restarts=1, env={"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # rank 1 died at step 6; the last checkpoint was step 4, written before step 5 could complete
+    assert "restart 1 after a failed worker" in result.stderr
+    assert "at step 4/16" in result.stderr
+    assert json.loads((out / "summary.json").read_text())["finished"]
+    killed = load_file(str(out / "backbone.safetensors"))
+    assert all(torch.equal(killed[k], weights[k]) for k in weights)
+    assert [r["step"] for r in _metrics(out)] == [r["step"] for r in _metrics(straight)]
