@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     summary = train(config_from_args(args), quiet=args.quiet)
-    if args.quiet:
+    if args.quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, one summary for the job
         print(json.dumps(summary))
     return 0
 

@@ -19,3 +19,22 @@ def test_command_line_reaches_the_config():
     assert (cfg.batch_size, cfg.base_tau, cfg.online_probe, cfg.knn_every, cfg.channels_last) == (32, 0.9, False, 0,
                                                                                                    True)
     assert cfg.subset == 512  # untouched preset values survive
+
+
+def test_commands_other_than_train_refuse_torchrun_with_one_line_from_rank_zero(monkeypatch, capsys):
+    from byol.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["export", "--checkpoint", "x.pt", "--out", "y.safetensors"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "byol export runs in one process" in error
+    monkeypatch.setenv("RANK", "1")
+    assert main(["export", "--checkpoint", "x.pt", "--out", "y.safetensors"]) == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_sync_bn_switch_reaches_the_config():
+    args = build_parser().parse_args(["train", "--preset", "smoke", "--no-sync-bn"])
+    assert config_from_args(args).sync_bn is False
+    assert config_from_args(build_parser().parse_args(["train", "--preset", "smoke"])).sync_bn is True
