@@ -408,7 +408,7 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
         progress.close()
     wall = time.perf_counter() - run_start
     trained = step - run_start_step
-    bad_images = int(all_reduce_sum(torch.tensor(stream.bad_images)))
+    bad_images = int(all_reduce_sum(torch.tensor(stream.bad_images, device=device)))  # NCCL reduces device tensors only
     if bad_images:
         log(f"warning: {bad_images} images could not be decoded and were replaced by black images", quiet)
 
