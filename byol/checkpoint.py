@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,25 @@ def atomic_write(path: Path, write) -> None:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def keep_recent(path: Path, step: int, keep: int) -> None:
+    """With keep > 1, the checkpoint just written at `path` also stays as `<stem>-step<N>.pt` (a hard
+    link: no extra disk), and only the `keep` most recent of those are kept."""
+    if keep <= 1:
+        return
+    path = Path(path)
+    numbered = path.with_name(f"{path.stem}-step{step:09d}{path.suffix}")
+    numbered.unlink(missing_ok=True)
+    try:
+        os.link(path, numbered)
+    except OSError:
+        try:
+            atomic_write(numbered, lambda tmp: shutil.copyfile(path, tmp))
+        except UserError:
+            return  # the latest checkpoint is safe at `path`; a missing older copy is not worth stopping for
+    for old in sorted(path.parent.glob(f"{path.stem}-step*{path.suffix}"))[:-keep]:
+        old.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path | str) -> dict:

@@ -22,6 +22,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--subset", type=int, metavar="N", help="train on a seeded random subset of N images")
     add("--image-size", type=int, metavar="PX", help="training resolution (default: the dataset's own)")
     add("--workers", type=int, help="image-decoding processes for --dataset folder")
+    add("--max-bad-fraction", type=float, metavar="F", help="unreadable folder images are skipped and counted; "
+        "more than this fraction of the dataset stops the run (default 0.01)")
     add("--crop-min-scale", type=float, metavar="S", help="smallest random-crop area fraction (paper: 0.08)")
     add("--aug-remove", metavar="LIST", help="augmentations to drop, comma-separated: color, grayscale, blur, "
         "solarize, flip, all-but-crop (ablations)")
@@ -57,6 +59,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", metavar="DIR", help="run folder (checkpoint, config, metrics, weights)")
     add("--log-every", type=int, metavar="STEPS")
     add("--checkpoint-every", type=int, metavar="STEPS")
+    add("--keep-checkpoints", type=int, metavar="K", help="keep the K most recent checkpoints (checkpoint-step<N>.pt)")
     add("--knn-every", type=int, metavar="EPOCHS", help="kNN monitor every N epochs (0: off)")
     add("--knn-bank", type=int, metavar="N", help="training images in the kNN monitor's bank")
     add("--knn-test", type=int, metavar="N", help="test images the kNN monitor scores")
@@ -69,11 +72,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 TRAIN_OPTION_NAMES = (
-    "dataset", "data", "subset", "image_size", "workers", "crop_min_scale", "aug_remove", "method", "predictor",
+    "dataset", "data", "subset", "image_size", "workers", "max_bad_fraction", "crop_min_scale", "aug_remove", "method", "predictor",
     "negatives_beta", "temperature", "norm", "backbone", "stem", "width", "projection_dim",
     "projector_hidden_dim", "predictor_hidden_dim", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer",
     "momentum", "weight_decay", "trust_coefficient", "base_tau", "device", "precision", "channels_last", "compile", "sync_bn", "seed",
-    "out", "log_every", "checkpoint_every", "knn_every", "knn_bank", "knn_test", "online_probe", "tensorboard",
+    "out", "log_every", "checkpoint_every", "keep_checkpoints", "knn_every", "knn_bank", "knn_test", "online_probe", "tensorboard",
     "stop_after_steps", "resume",
 )
 
@@ -93,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(config_from_args(args), quiet=args.quiet)
     if args.quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, one summary for the job
         print(json.dumps(summary))
-    return 0
+    # Stopped by a signal after a clean checkpoint: the shell's 128 + N, so schedulers see "not done".
+    return 128 + summary["stopped_by_signal"] if summary.get("stopped_by_signal") else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

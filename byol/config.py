@@ -22,6 +22,7 @@ class TrainConfig:
     subset: int | None = None  # train on a seeded random subset of this many images
     image_size: int | None = None  # None: the dataset's own size (28 / 32), 224 for folders
     workers: int = 2  # decoding processes for folder datasets
+    max_bad_fraction: float = 0.01  # unreadable folder images are skipped and counted; more than this fraction (and more than one) stops the run; 0: any
     # augmentation
     crop_min_scale: float = 0.08  # smallest crop area fraction (the paper's 0.08)
     aug_remove: str = ""  # comma list of augment.REMOVABLE (color, grayscale, blur, solarize, flip, all-but-crop)
@@ -58,6 +59,7 @@ class TrainConfig:
     out: str = "runs/byol"
     log_every: int = 10  # steps between metrics.jsonl lines (the only host-device syncs)
     checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
+    keep_checkpoints: int = 1  # >1: also keep this many recent checkpoints as checkpoint-step<N>.pt
     knn_every: int = 1  # epochs between kNN monitor evaluations (0: off); needs labels
     knn_bank: int = 10000  # training images in the monitor's kNN bank
     knn_test: int = 2000  # test images the monitor scores
@@ -97,7 +99,7 @@ class TrainConfig:
             bad("stem", f"unknown stem '{self.stem}'; choose one of {', '.join(STEMS)}")
         if self.knn_every < 0:
             bad("knn_every", "must be 0 (off) or a number of epochs")
-        for name in ("epochs", "batch_size", "log_every", "knn_bank", "knn_test", "checkpoint_every", "projection_dim",
+        for name in ("epochs", "batch_size", "log_every", "knn_bank", "knn_test", "checkpoint_every", "keep_checkpoints", "projection_dim",
                      "projector_hidden_dim", "predictor_hidden_dim"):
             if getattr(self, name) <= 0:
                 bad(name, f"must be positive, got {getattr(self, name)}")
@@ -119,6 +121,8 @@ class TrainConfig:
             bad("crop_min_scale", f"must be in (0, 1], got {self.crop_min_scale}")
         if self.subset is not None and self.subset < self.batch_size:
             bad("subset", f"{self.subset} images make no full batch of {self.batch_size}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            bad("max_bad_fraction", f"must be in [0, 1], got {self.max_bad_fraction}")
         if self.seed < 0:
             bad("seed", f"must not be negative, got {self.seed}")
         if self.stop_after_steps is not None and self.stop_after_steps <= 0:

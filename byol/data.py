@@ -236,11 +236,16 @@ def load_folder(data: str | None, split: str, load_size: int) -> ImageDataset:
 
 
 def decode_image(path: Path, size: int) -> torch.Tensor:
-    """RGB uint8 (3, size, size): shorter side resized to `size`, centre crop. Raises OSError/ValueError."""
+    """RGB uint8 (3, size, size): shorter side resized to `size`, centre crop. Raises OSError/ValueError.
+
+    Converts what can be converted: CMYK, palette (GIF, with transparency), grey, RGBA (alpha
+    dropped), 16- and 32-bit grey (scaled to 8 bits, not clipped), any size down to 1×1.
+    """
     from PIL import Image
 
     with Image.open(path) as image:
-        image = image.convert("RGB")
+        image.load()  # decode now, so a truncated file fails here and not later
+        image = _to_rgb(image)
         width, height = image.size
         scale = size / min(width, height)
         new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -251,12 +256,37 @@ def decode_image(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def _to_rgb(image):
+    from PIL import Image
+
+    if image.mode.startswith("I") or image.mode == "F":
+        # PIL's own I;16 → RGB conversion clips at 255, which turns most 16-bit images white.
+        array = np.asarray(image, dtype=np.float64)
+        peak = float(array.max(initial=0.0))
+        if image.mode == "F":
+            full_scale = 1.0 if peak <= 1.0 else peak
+        else:
+            full_scale = 65535.0 if peak <= 65535 else peak
+        grey = np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
 def try_decode(path: Path, size: int) -> torch.Tensor | None:
     """`decode_image`, or None for a file that is not a readable image."""
+    return decode_or_reason(path, size)[0]
+
+
+def decode_or_reason(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
+    """(`decode_image`, "") or (None, why the file is not a readable image)."""
+    from PIL import Image
+
     try:
-        return decode_image(path, size)
-    except (OSError, ValueError, SyntaxError):
-        return None
+        return decode_image(path, size), ""
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return None, (str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__)
 
 
 def dataset_images(dataset: ImageDataset, size: int) -> torch.Tensor:
@@ -279,6 +309,12 @@ def dataset_images(dataset: ImageDataset, size: int) -> torch.Tensor:
 
 
 class _FolderItems(torch.utils.data.Dataset):
+    """Decoded folder images. An unreadable file is skipped: its slot in the batch goes to the next
+    readable file in the folder (deterministic, so batch shapes, ranks and resumes all stay aligned),
+    and the item reports which file failed and why, for the caller's count and threshold."""
+
+    TRIES = 64
+
     def __init__(self, dataset: ImageDataset):
         self.dataset = dataset
 
@@ -286,12 +322,20 @@ class _FolderItems(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        label = self.dataset.labels[index] if self.dataset.labels is not None else torch.tensor(-1)
-        image = try_decode(self.dataset.files[index], self.dataset.load_size)
-        if image is None:
-            # Kept in the batch as a black image so batch shapes stay fixed; counted by the caller.
-            return torch.zeros(3, self.dataset.load_size, self.dataset.load_size, dtype=torch.uint8), label, False
-        return image, label, True
+        failed, reason = -1, ""
+        for offset in range(self.TRIES):
+            candidate = (index + offset) % len(self.dataset)
+            image, why = decode_or_reason(self.dataset.files[candidate], self.dataset.load_size)
+            if image is not None:
+                labels = self.dataset.labels
+                label = labels[candidate] if labels is not None else torch.tensor(-1)
+                return image, label, failed, reason
+            if offset == 0:
+                failed, reason = index, why
+        # A long run of unreadable files: a black image keeps the batch shape; the count (and its
+        # limit) in the main process will have its say.
+        size = self.dataset.load_size
+        return torch.zeros(3, size, size, dtype=torch.uint8), torch.tensor(-1), failed, reason
 
 
 # ---------------------------------------------------------------- entry points
@@ -312,17 +356,26 @@ def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(size, generator=generator)
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; the training process handles it (checkpoint, then exit),
+    so the decoding workers must not die under it first."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class BatchStream:
     """Full batches of one epoch, in a seeded order, from batch `start` on.
 
     Yields (uint8 images, labels or None). `batch_size` is the global batch: with `world_size` W,
     rank r gets rows r·B/W … (r+1)·B/W of each global batch, so every rank walks the same seeded
     order (a distributed sampler re-seeded each epoch) and the global batches are those of one
-    process. `bad_images` counts folder images that failed to decode on this rank.
+    process. Unreadable folder images are skipped (see _FolderItems) and counted in `bad_images`;
+    more than `max_bad_fraction` of the dataset is an error.
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, workers: int = 2, pin_memory: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, max_bad_fraction: float = 0.01):
         if batch_size % world_size:
             raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size} processes")
         self.dataset = dataset
@@ -331,7 +384,8 @@ class BatchStream:
         self.pin_memory = pin_memory
         self.rank = rank
         self.world_size = world_size
-        self.bad_images = 0
+        self.max_bad_fraction = max_bad_fraction
+        self.bad_files: dict[int, str] = {}  # index → why it could not be decoded
 
     def __len__(self) -> int:
         return len(self.dataset) // self.batch_size
@@ -350,8 +404,30 @@ class BatchStream:
             return
         loader = torch.utils.data.DataLoader(
             _FolderItems(self.dataset), batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
-            pin_memory=self.pin_memory, persistent_workers=False,
+            pin_memory=self.pin_memory, persistent_workers=False, worker_init_fn=_ignore_interrupts,
         )
-        for images, labels, ok in loader:
-            self.bad_images += int((~ok).sum())
+        for images, labels, failed, reasons in loader:
+            for index, reason in zip(failed.tolist(), reasons):
+                if index >= 0:
+                    self._count_bad(index, reason)
             yield images, (labels if self.dataset.labels is not None else None)
+
+    def _count_bad(self, index: int, reason: str) -> None:
+        if index in self.bad_files:
+            return
+        path = self.dataset.files[index]
+        self.bad_files[index] = reason
+        if len(self.bad_files) == 1:
+            print(f"warning: {path}: cannot be decoded ({reason}); skipped, and further unreadable images "
+                  "are counted", file=sys.stderr)
+        # One bad file never stops a run on its own, unless the limit is 0 (strict).
+        limit = max(1.0, self.max_bad_fraction * len(self.dataset)) if self.max_bad_fraction else 0.0
+        if len(self.bad_files) > limit:
+            raise UserError(f"{len(self.bad_files)} of {len(self.dataset)} images under {path.parent} cannot be "
+                            f"decoded (latest: {path.name}: {reason}), more than --max-bad-fraction "
+                            f"{self.max_bad_fraction:g} allows: remove or fix them, or raise the limit")
+
+    @property
+    def bad_images(self) -> int:
+        """Distinct unreadable files met so far (each skipped)."""
+        return len(self.bad_files)

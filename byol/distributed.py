@@ -113,6 +113,14 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor / dist.get_world_size()
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor

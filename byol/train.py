@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,12 +21,13 @@ import torch
 
 from .augment import VIEW1, VIEW2, BYOLAugment, EvalTransform, without
 from .backbones import build_backbone, resolve_stem
-from .checkpoint import EncoderInfo, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import EncoderInfo, keep_recent, load_checkpoint, save_checkpoint, save_weights
 from .collapse import collapse_metrics, is_collapsed
 from .config import TrainConfig, save_yaml
 from .data import BatchStream, load_dataset
 from .distributed import (
     Context,
+    all_reduce_max,
     all_reduce_mean,
     all_reduce_sum,
     broadcast_object,
@@ -154,6 +158,64 @@ def augmentation_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def rng_state() -> dict:
+    """Python's, numpy's and torch's global RNG states, in types a weights_only load accepts. The
+    training loop itself reseeds torch every step (augmentation_seed); these are for anything else
+    drawn between steps, by us or by a user's hook."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                      "pos": numpy_state["state"]["pos"], "has_gauss": numpy_state["has_gauss"],
+                      "gauss": numpy_state["gauss"]}}
+
+
+def set_rng_state(state: dict | None) -> None:
+    if not state or "python" not in state:  # older checkpoints held torch's state only
+        return
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+                         "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
+
+
+class StopSignals:
+    """SIGTERM (pre-emption) and SIGINT (Ctrl-C) become a request to stop after the current step with a
+    checkpoint. A second signal stops at once (the last checkpoint on disk is complete either way)."""
+
+    NAMES = ("SIGTERM", "SIGINT")
+
+    def __init__(self, announce):
+        self.received: int | None = None
+        self.previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (e.g. not from a notebook worker)
+        self.announce = announce
+        for name in self.NAMES:
+            number = getattr(signal, name)
+            self.previous[number] = signal.signal(number, self._handle)
+
+    def _handle(self, number, frame) -> None:
+        if self.received is not None:
+            self.restore()
+            raise KeyboardInterrupt
+        self.received = number
+        self.announce(signal.Signals(number).name)
+
+    def agreed(self, device: torch.device) -> int | None:
+        """The signal to stop for, if any rank received one."""
+        flag = torch.tensor(float(self.received or 0), device=device)
+        number = int(all_reduce_max(flag))
+        return number or None
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
+
+
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop lines logged after the checkpoint we resume from, so each step appears once."""
     if not path.exists():
@@ -247,7 +309,7 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
     if len(dataset) < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training images")
     stream = BatchStream(dataset, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda",
-                         rank=context.rank, world_size=world_size)
+                         rank=context.rank, world_size=world_size, max_bad_fraction=cfg.max_bad_fraction)
     steps_per_epoch = len(stream)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
@@ -290,6 +352,7 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
             raise UserError(f"{checkpoint_path}: does not match this configuration ({str(error).splitlines()[0]})") from None
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        set_rng_state(state.get("rng"))
         step = state["step"]
         if main:
             _truncate_metrics(out / METRICS, step)
@@ -311,13 +374,18 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
         })
 
     def checkpoint(at_step: int) -> None:
+        # Never replace a good checkpoint with a diverged one: the loss since the last log and the weights.
+        if not (torch.isfinite(all_reduce_sum(loss_sum)) and all(torch.isfinite(p).all() for p in learner.parameters())):
+            raise UserError(f"the loss or the weights became non-finite before step {at_step}: lower --lr or use "
+                            f"--precision fp32; the last good checkpoint in {out} is kept")
         if main:
             save_checkpoint(checkpoint_path, {
                 "format": 1, "step": at_step, "config": cfg.to_dict(), "world_size": world_size,
                 "model": learner.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "encoder_info": info.to_dict(), "monitor": monitor.state_dict(),
+                "encoder_info": info.to_dict(), "monitor": monitor.state_dict(), "rng": rng_state(),
             })
+            keep_recent(checkpoint_path, at_step, cfg.keep_checkpoints)
 
     # ---- train
     board = TensorBoard(out / "tensorboard" if cfg.tensorboard and main else None)
@@ -351,8 +419,10 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
     last_loss = math.nan
     collapsed = False
     stop_at = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
+    signals = StopSignals(lambda name: log(f"{name}: finishing this step, then writing a checkpoint", not main))
+    stopped_by = None
     try:
-        while step < stop_at:
+        while step < stop_at and stopped_by is None:
             epoch, first_batch = divmod(step, steps_per_epoch)
             for images, labels in stream.epoch(cfg.seed, epoch, start=first_batch):
                 lr = learning_rate(step, total_steps, warmup_steps, peak_lr)
@@ -397,11 +467,16 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
                                                         **monitor.progress_fields(record)})
                     loss_sum.zero_()
                     window_start, window_steps = time.perf_counter(), 0
-                if step % cfg.checkpoint_every == 0 or end_of_epoch or step == stop_at:
+                logged = step % cfg.log_every == 0 or step == stop_at or end_of_epoch
+                # Ranks agree on stopping at log steps (one collective); a single process stops at once.
+                if world_size == 1 or logged:
+                    stopped_by = signals.agreed(device)
+                if step % cfg.checkpoint_every == 0 or end_of_epoch or step == stop_at or stopped_by:
                     checkpoint(step)
-                if step >= stop_at:
+                if step >= stop_at or stopped_by:
                     break
     finally:
+        signals.restore()
         if metrics_file is not None:
             metrics_file.close()
         board.close()
@@ -410,11 +485,17 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
     trained = step - run_start_step
     bad_images = int(all_reduce_sum(torch.tensor(stream.bad_images, device=device)))  # NCCL reduces device tensors only
     if bad_images:
-        log(f"warning: {bad_images} images could not be decoded and were replaced by black images", quiet)
+        log(f"warning: {bad_images} images could not be decoded and were skipped (their batch slots went to the "
+            "next readable image)", quiet)
 
     summary = {"steps": step, "total_steps": total_steps, "epochs": step / steps_per_epoch, "final_loss": last_loss,
                "wall_s": wall, "images_per_s": trained * cfg.batch_size / wall if trained else None,
                "world_size": world_size, "out": str(out), "finished": step >= total_steps, "bad_images": bad_images}
+    if stopped_by is not None and step < total_steps:
+        summary["stopped_by_signal"] = stopped_by
+        log(f"{signal.Signals(stopped_by).name}: checkpoint written at step {step}/{total_steps}; continue with: "
+            f"byol train --config {out / 'config.yaml'} --resume", not main)
+        return summary
     if step < total_steps:
         log(f"stopped at step {step}/{total_steps}; continue with: byol train --config {out / 'config.yaml'} --resume",
             quiet)

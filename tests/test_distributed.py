@@ -15,8 +15,15 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from byol.config import TrainConfig
-from byol.distributed import (SyncBatchNorm, all_reduce_mean, convert_sync_batchnorm, gather, sum_over_ranks,
-                              unwrap, wrap)
+from byol.distributed import (
+    SyncBatchNorm,
+    all_reduce_mean,
+    convert_sync_batchnorm,
+    gather,
+    sum_over_ranks,
+    unwrap,
+    wrap,
+)
 from byol.train import build_learner, build_optimizer, training_step
 
 ROOT = Path(__file__).resolve().parents[1]

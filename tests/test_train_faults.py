@@ -1,0 +1,130 @@
+"""Kills, pre-emption, Ctrl-C and divergence: a run loses nothing and resumes bit for bit."""
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from byol import train as train_module
+from byol.checkpoint import load_checkpoint
+from byol.config import resolve
+from byol.errors import UserError
+from tests.test_train import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+# 4 epochs of 4 steps, a checkpoint every 3 steps and at each epoch end.
+ARGS = ["--subset", "128", "--width", "0.125", "--projection-dim", "16", "--projector-hidden-dim", "32",
+        "--predictor-hidden-dim", "32", "--batch-size", "32", "--epochs", "4", "--log-every", "1",
+        "--checkpoint-every", "3", "--warmup-epochs", "0.5", "--lr", "0.4", "--base-tau", "0.97", "--device", "cpu",
+        "--precision", "fp32", "--no-tensorboard"]
+
+# Test-only fault injection, loaded by the interpreter at start-up through PYTHONPATH: at the start of
+# step BYOL_TEST_SIGNAL_STEP the process sends itself BYOL_TEST_SIGNAL.
+HOOK = """
+import os
+if os.environ.get("BYOL_TEST_SIGNAL"):
+    import signal
+    import byol.train
+
+    at_step, number = int(os.environ["BYOL_TEST_SIGNAL_STEP"]), getattr(signal, os.environ["BYOL_TEST_SIGNAL"])
+    real_learning_rate = byol.train.learning_rate
+
+    def learning_rate(step, *args, **kwargs):
+        if step == at_step:
+            os.kill(os.getpid(), number)
+        return real_learning_rate(step, *args, **kwargs)
+
+    byol.train.learning_rate = learning_rate
+"""
+
+
+def byol_train(hook_dir: Path, data: Path, out: Path, *extra: str, signal_name: str = "", at_step: int = 0):
+    env = {**os.environ, "PYTHONPATH": f"{hook_dir}{os.pathsep}{ROOT}", "BYOL_TEST_SIGNAL": signal_name,
+           "BYOL_TEST_SIGNAL_STEP": str(at_step)}
+    return subprocess.run([sys.executable, "-m", "byol", "train", *ARGS, "--data", str(data), "--out", str(out),
+                           *extra], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    from tests.conftest import make_fashion_like
+
+    root = tmp_path_factory.mktemp("faults")
+    hook = root / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK)
+    data = make_fashion_like(root / "fashion")
+    result = byol_train(hook, data, root / "straight")
+    assert result.returncode == 0, result.stderr
+    return hook, data, load_checkpoint(root / "straight" / "checkpoint.pt")
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] == 16
+    for part in ("model", "monitor"):
+        for name, value in a[part].items() if part == "model" else a[part]["probe"].items():
+            other = b[part][name] if part == "model" else b[part]["probe"][name]
+            assert torch.equal(value, other), name
+    momentum = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    assert all(torch.equal(m, s["momentum_buffer"]) for m, s in zip(momentum, b["optimizer"]["state"].values()))
+
+
+def test_sigkill_at_five_random_steps_resumes_bit_identical(tmp_path, setting):
+    hook, data, straight = setting
+    out = tmp_path / "killed"
+    kills = sorted(random.Random(7).sample(range(1, 16), 5))
+    for at_step in kills:
+        result = byol_train(hook, data, out, "--resume", signal_name="SIGKILL", at_step=at_step)
+        assert result.returncode == -9, (at_step, result.stderr)
+    final = byol_train(hook, data, out, "--resume")
+    assert final.returncode == 0, final.stderr
+    assert_same_run(load_checkpoint(out / "checkpoint.pt"), straight)
+    steps = [line.split('"step": ')[1].split(",")[0] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps), key=int)  # each step logged once despite the repeats
+
+
+def test_sigterm_and_ctrl_c_checkpoint_and_exit_cleanly_then_resume_bit_identical(tmp_path, setting):
+    hook, data, straight = setting
+    out = tmp_path / "preempted"
+    first = byol_train(hook, data, out, signal_name="SIGTERM", at_step=4)
+    assert first.returncode == 143, first.stderr
+    assert "Traceback" not in first.stderr
+    assert "SIGTERM: checkpoint written at step 5/16; continue with: byol train --config" in first.stderr
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 5  # the step in flight finished, then a checkpoint
+
+    second = byol_train(hook, data, out, "--resume", signal_name="SIGINT", at_step=9)
+    assert second.returncode == 130 and "Traceback" not in second.stderr, second.stderr
+    assert "SIGINT: checkpoint written at step 10/16" in second.stderr
+
+    final = byol_train(hook, data, out, "--resume")
+    assert final.returncode == 0, final.stderr
+    assert_same_run(load_checkpoint(out / "checkpoint.pt"), straight)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, fashion_dir, monkeypatch):
+    real_step, calls = train_module.training_step, [0]
+
+    def diverging_step(*args, **kwargs):
+        loss, outputs = real_step(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] >= 5:  # from step 5 on the weights are NaN (as after an exploding update)
+            learner = args[0]
+            with torch.no_grad():
+                for p in learner.parameters():
+                    p.fill_(float("nan"))
+            loss = loss * float("nan")
+        return loss, outputs
+
+    monkeypatch.setattr(train_module, "training_step", diverging_step)
+    cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "run"), "log_every": 4,
+                             "checkpoint_every": 1, "knn_every": 0})
+    with pytest.raises(UserError) as error:
+        train_module.train(cfg, quiet=True)
+    message = str(error.value)
+    assert "step 5" in message and "--lr" in message and "fp32" in message and "last good checkpoint" in message
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
