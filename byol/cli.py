@@ -164,12 +164,19 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (which option, what is wrong, where help is), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="byol", description="BYOL self-supervised pre-training.")
+    parser = _Parser(prog="byol", description="BYOL self-supervised pre-training.")
     parser.add_argument("--version", action="version", version=f"byol {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     train = commands.add_parser("train", help="pre-train an encoder with BYOL")
     _add_train_arguments(train)
     train.set_defaults(func=cmd_train)

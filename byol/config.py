@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -78,6 +79,10 @@ class TrainConfig:
         def bad(option: str, message: str):
             raise UserError(f"--{option.replace('_', '-')}: {message}")
 
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(field.name, f"must be a finite number, got {value}")
         if self.dataset not in DATASETS:
             bad("dataset", f"unknown dataset '{self.dataset}'; choose one of {', '.join(DATASETS)}")
         if self.backbone not in ARCHITECTURES:
@@ -143,7 +148,9 @@ def _coerce(name: str, value, source: str):
     """YAML gives ints for floats and strings for everything on the command line: convert, or say which key."""
     kind = FIELDS[name].type
     if value is None:
-        return None
+        if "None" in kind:
+            return None
+        raise UserError(f"{source}: '{name}' needs a value (an empty YAML key is null)")
     try:
         if "bool" in kind:
             if isinstance(value, str):
@@ -169,7 +176,8 @@ def _coerce(name: str, value, source: str):
 def merge(config: TrainConfig, values: dict, source: str) -> TrainConfig:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise UserError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+        shown = [k if k.isprintable() and k.strip() == k and k else repr(k) for k in unknown]
+        raise UserError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(shown)}")
     updates = {k: _coerce(k, v, source) for k, v in values.items()}
     return dataclasses.replace(config, **updates)
 

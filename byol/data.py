@@ -17,6 +17,7 @@ import os
 import struct
 import sys
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,7 +285,10 @@ def decode_or_reason(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
     from PIL import Image
 
     try:
-        return decode_image(path, size), ""
+        with warnings.catch_warnings():
+            # PIL warns about corrupt metadata of files it still decodes; a bad file gets a reason instead.
+            warnings.simplefilter("ignore")
+            return decode_image(path, size), ""
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         return None, (str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__)
 

@@ -310,6 +310,9 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training images")
     stream = BatchStream(dataset, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda",
                          rank=context.rank, world_size=world_size, max_bad_fraction=cfg.max_bad_fraction)
+    if world_size > 1 and not cfg.sync_bn and cfg.batch_size // world_size < 2:
+        raise UserError(f"--batch-size {cfg.batch_size} over {world_size} processes leaves {cfg.batch_size // world_size} "
+                        "image per process, too few for per-process batch norm: use --sync-bn or a larger batch")
     steps_per_epoch = len(stream)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)

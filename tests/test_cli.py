@@ -38,3 +38,44 @@ def test_sync_bn_switch_reaches_the_config():
     args = build_parser().parse_args(["train", "--preset", "smoke", "--no-sync-bn"])
     assert config_from_args(args).sync_bn is False
     assert config_from_args(build_parser().parse_args(["train", "--preset", "smoke"])).sync_bn is True
+
+
+def _bad_inputs(tmp):
+    (tmp / "empty").mkdir()
+    (tmp / "unknown.yaml").write_text("batch_size: 32\nbatch_sise: 64\n")
+    (tmp / "null.yaml").write_text("batch_size:\n")
+    (tmp / "broken.yaml").write_text("batch_size: [1,\n")
+    (tmp / "garbage.pt").write_bytes(b"\x00garbage")
+    out = ["--out", str(tmp / "run")]
+    return [
+        (["train", "--backbone", "nope", *out], "--backbone"),
+        (["train", "--dataset", "imagenet", *out], "--dataset"),
+        (["train", "--batch-size", "-3", *out], "--batch-size"),
+        (["train", "--batch-size", "1", *out], "--batch-size"),
+        (["train", "--image-size", "4", *out], "--image-size"),
+        (["train", "--max-bad-fraction", "2", *out], "--max-bad-fraction"),
+        (["train", "--lr", "nan", *out], "--lr"),
+        (["train", "--dataset", "folder", "--data", str(tmp / "missing"), *out], str(tmp / "missing")),
+        (["train", "--dataset", "folder", "--data", str(tmp / "empty"), *out], str(tmp / "empty")),
+        (["train", "--config", str(tmp / "unknown.yaml"), *out], "batch_sise"),
+        (["train", "--config", str(tmp / "null.yaml"), *out], "'batch_size' needs a value"),
+        (["train", "--config", str(tmp / "broken.yaml"), *out], "broken.yaml"),
+        (["train", "--config", str(tmp / "absent.yaml"), *out], "absent.yaml"),
+        (["eval", "--checkpoint", str(tmp / "absent.pt")], "absent.pt"),
+        (["eval", "--checkpoint", str(tmp / "garbage.pt")], "garbage.pt"),
+        (["export", "--checkpoint", str(tmp / "garbage.pt"), "--out", str(tmp / "x.safetensors")], "garbage.pt"),
+    ]
+
+
+def test_every_bad_input_is_one_line_naming_the_option_or_file_with_exit_2(tmp_path, capsys):
+    from byol.cli import main
+
+    for argv, named in _bad_inputs(tmp_path):
+        try:
+            code = main(argv)
+        except SystemExit as exit:  # argparse's own checks (choices, types)
+            code = exit.code
+        error = capsys.readouterr().err
+        assert code == 2, (argv, error)
+        assert error.count("\n") == 1 and "Traceback" not in error and named in error, (argv, error)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
