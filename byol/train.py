@@ -154,7 +154,7 @@ def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer:
 def augmentation_seed(seed: int, step: int, rank: int) -> int:
     """The seed of one step's augmentations on one rank: a pure function of (seed, step, rank), as the
     official code folds the step into its RNG key. A resumed run, or a restarted worker, draws exactly
-    what the uninterrupted run drew, without any RNG state in the checkpoint; ranks draw differently."""
+    what the uninterrupted run drew, without every rank's RNG state in the checkpoint; ranks draw differently."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
