@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .errors import UserError
@@ -94,7 +93,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     summary = train(config_from_args(args), quiet=args.quiet)
-    if args.quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, one summary for the job
+    from .distributed import launched_as_main
+
+    if args.quiet and launched_as_main():  # under torchrun, one summary for the job
         print(json.dumps(summary))
     # Stopped by a signal after a clean checkpoint: the shell's 128 + N, so schedulers see "not done".
     return 128 + summary["stopped_by_signal"] if summary.get("stopped_by_signal") else 0
@@ -242,10 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .distributed import launched_world_size
+    from .distributed import launched_as_main, launched_world_size
 
     # Under torchrun every rank hits the same user error; one line is enough.
-    speaks = os.environ.get("RANK", "0") == "0"
+    speaks = launched_as_main()
     try:
         if args.command != "train" and launched_world_size() > 1:
             raise UserError(f"byol {args.command} runs in one process: launch it without torchrun "

@@ -28,7 +28,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 @dataclass(frozen=True)
 class Context:
     rank: int = 0
-    local_rank: int = 0
     world_size: int = 1
     owns_group: bool = False  # we initialised the process group, so we tear it down
 
@@ -58,6 +57,11 @@ def launched_world_size() -> int:
         return 1
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of a torchrun job, or not launched by torchrun at all."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def elastic_restart_count() -> int:
     """How many times torchrun has restarted this job's workers (0 on the first attempt)."""
     try:
@@ -76,7 +80,7 @@ def local_device(device: torch.device) -> torch.device:
 def setup(device: torch.device) -> Context:
     """Join torchrun's process group (nccl on CUDA, gloo otherwise); a 1-process Context without it."""
     if dist.is_available() and dist.is_initialized():  # the caller's own group: use it, leave it to them
-        return Context(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+        return Context(dist.get_rank(), dist.get_world_size())
     if launched_world_size() <= 1:
         return Context()
     # torchrun keeps its key-value store across elastic restarts; without a key space per attempt a new
@@ -88,7 +92,7 @@ def setup(device: torch.device) -> Context:
         dist.init_process_group("nccl", store=store, rank=rank, world_size=world_size, device_id=device)
     else:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
-    return Context(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size(), owns_group=True)
+    return Context(dist.get_rank(), dist.get_world_size(), owns_group=True)
 
 
 def teardown(context: Context) -> None:
@@ -104,29 +108,25 @@ def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (a copy); the tensor itself outside torchrun."""
-    if not is_distributed():
+def _all_reduced(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    if not is_distributed():  # before touching dist.ReduceOp: builds without torch.distributed lack it
         return tensor
     tensor = tensor.clone()
-    dist.all_reduce(tensor)
-    return tensor / dist.get_world_size()
-
-
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    if not is_distributed():
-        return tensor
-    tensor = tensor.clone()
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
     return tensor
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if not is_distributed():
-        return tensor
-    tensor = tensor.clone()
-    dist.all_reduce(tensor)
-    return tensor
+    """Sum over ranks (a copy); the tensor itself outside torchrun. Likewise the two below."""
+    return _all_reduced(tensor, "SUM")
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    return _all_reduced(tensor, "MAX")
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(tensor) / rank_and_world()[1]
 
 
 def broadcast_object(value):

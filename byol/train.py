@@ -33,6 +33,7 @@ from .distributed import (
     broadcast_object,
     convert_sync_batchnorm,
     elastic_restart_count,
+    is_distributed,
     local_device,
     setup,
     teardown,
@@ -205,10 +206,11 @@ class StopSignals:
         self.announce(signal.Signals(number).name)
 
     def agreed(self, device: torch.device) -> int | None:
-        """The signal to stop for, if any rank received one."""
+        """The signal to stop for, if any rank received one (one process: no tensor, no device sync)."""
+        if not is_distributed():
+            return self.received
         flag = torch.tensor(float(self.received or 0), device=device)
-        number = int(all_reduce_max(flag))
-        return number or None
+        return int(all_reduce_max(flag)) or None
 
     def restore(self) -> None:
         for number, handler in self.previous.items():
@@ -441,7 +443,8 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
                 window_steps += 1
 
                 end_of_epoch = step % steps_per_epoch == 0
-                if step % cfg.log_every == 0 or step == stop_at or end_of_epoch:
+                logged = step % cfg.log_every == 0 or step == stop_at or end_of_epoch
+                if logged:
                     last_loss = (all_reduce_mean(loss_sum) / window_steps).item()  # the only host-device sync
                     elapsed = time.perf_counter() - window_start
                     record = {"step": step, "epoch": step / steps_per_epoch, "loss": last_loss, "lr": lr,
@@ -470,7 +473,6 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
                                                         **monitor.progress_fields(record)})
                     loss_sum.zero_()
                     window_start, window_steps = time.perf_counter(), 0
-                logged = step % cfg.log_every == 0 or step == stop_at or end_of_epoch
                 # Ranks agree on stopping at log steps (one collective); a single process stops at once.
                 if world_size == 1 or logged:
                     stopped_by = signals.agreed(device)

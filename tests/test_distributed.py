@@ -20,6 +20,7 @@ from byol.distributed import (
     all_reduce_mean,
     convert_sync_batchnorm,
     gather,
+    rank_and_world,
     sum_over_ranks,
     unwrap,
     wrap,
@@ -55,7 +56,7 @@ def _rank_main(rank, world_size, directory, target, args):
 
 def _two_steps(overrides: dict, images: torch.Tensor) -> dict:
     """Two LARS steps of the real training step on this rank's slice of `images`."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_and_world()
     cfg = TrainConfig(**{**TINY, **overrides})
     torch.manual_seed(0)
     learner = build_learner(cfg, channels=1, image_size=16)
