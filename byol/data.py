@@ -293,23 +293,27 @@ def decode_or_reason(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
         return None, (str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__)
 
 
-def dataset_images(dataset: ImageDataset, size: int) -> torch.Tensor:
-    """Every image of a split as uint8 (N, C, size, size); folder images are decoded here, and
-    undecodable ones become black images, with a count on stderr."""
+def dataset_images(dataset: ImageDataset, size: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Every decodable image of a split as uint8 (N, C, size, size), their labels, and how many files
+    could not be decoded. Those are left out (a black image with a real label would bias the score)
+    and counted on stderr; a split with no decodable image is an error."""
     if dataset.images is not None:
-        return dataset.images
+        return dataset.images, dataset.labels, 0
     out = torch.zeros(len(dataset), 3, size, size, dtype=torch.uint8)
-    bad = 0
+    readable = torch.zeros(len(dataset), dtype=torch.bool)
     for i, path in enumerate(dataset.files):
         image = try_decode(path, size)
-        if image is None:
-            bad += 1
-        else:
-            out[i] = image
-    if bad:
-        print(f"warning: {bad} of {len(dataset)} images under {dataset.files[0].parent} could not be decoded "
-              "and are black images here", file=sys.stderr)
-    return out
+        if image is not None:
+            out[i], readable[i] = image, True
+    unreadable = len(dataset) - int(readable.sum())
+    folder = dataset.files[0].parent if dataset.files else "?"
+    if unreadable == len(dataset):
+        raise UserError(f"{folder}: none of the {len(dataset)} images can be decoded")
+    if unreadable:
+        print(f"warning: {unreadable} of {len(dataset)} images under {folder} could not be decoded and are left "
+              "out of this evaluation split", file=sys.stderr)
+    labels = dataset.labels[readable] if dataset.labels is not None else None
+    return out[readable], labels, unreadable
 
 
 class _FolderItems(torch.utils.data.Dataset):

@@ -56,8 +56,8 @@ class Monitor:
             else:
                 bank = dataset.subset(cfg.knn_bank, cfg.seed + 1)
                 test = test.subset(cfg.knn_test, cfg.seed + 2)
-                self.bank = (dataset_images(bank, size), bank.labels)
-                self.test = (dataset_images(test, size), test.labels)
+                self.bank = dataset_images(bank, size)[:2]
+                self.test = dataset_images(test, size)[:2]
 
     # ---- online probe
 

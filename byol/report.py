@@ -69,40 +69,41 @@ def evaluate_encoder(checkpoint: str, protocols: list[str], dataset_name: str | 
         raise UserError(f"{checkpoint}: encoder expects {info.in_channels}-channel images, {dataset_name} has "
                         f"{train.channels}")
     num_classes = train.num_classes
-    train_images = dataset_images(train, info.image_size)
-    test_images = dataset_images(test, info.image_size)
+    train_images, train_labels, train_unreadable = dataset_images(train, info.image_size)
+    test_images, test_labels, test_unreadable = dataset_images(test, info.image_size)
     transform = EvalTransform(info.image_size, info.mean, info.std).to(device)
     report = {"checkpoint": str(checkpoint), "dataset": dataset_name, "backbone": info.backbone, "width": info.width,
-              "image_size": info.image_size, "train_images": len(train), "test_images": len(test),
+              "image_size": info.image_size, "train_images": len(train_images), "test_images": len(test_images),
+              "unreadable_train_images": train_unreadable, "unreadable_test_images": test_unreadable,
               "protocols": protocols, "linear_features": "precomputed from centre images (no augmentation)"}
 
-    say(f"eval: features of {len(train)} + {len(test)} images")
+    say(f"eval: features of {len(train_images)} + {len(test_images)} images")
     train_x = extract_features(encoder, train_images, transform, device)
     test_x = extract_features(encoder, test_images, transform, device)
-    _score_features("", train_x, train.labels, test_x, test.labels, num_classes, protocols, report, linear_epochs)
+    _score_features("", train_x, train_labels, test_x, test_labels, num_classes, protocols, report, linear_epochs)
 
     if baselines and ("knn" in protocols or "linear" in protocols):
         say("eval: random-init encoder baseline")
         rand = random_encoder(info, seed).to(device)
-        _score_features("random_init_", extract_features(rand, train_images, transform, device), train.labels,
-                        extract_features(rand, test_images, transform, device), test.labels, num_classes, protocols,
+        _score_features("random_init_", extract_features(rand, train_images, transform, device), train_labels,
+                        extract_features(rand, test_images, transform, device), test_labels, num_classes, protocols,
                         report, linear_epochs)
         say("eval: raw-pixel baseline")
-        _score_features("raw_pixel_", pixel_features(train_images, info.mean, info.std), train.labels,
-                        pixel_features(test_images, info.mean, info.std), test.labels, num_classes, protocols, report,
+        _score_features("raw_pixel_", pixel_features(train_images, info.mean, info.std), train_labels,
+                        pixel_features(test_images, info.mean, info.std), test_labels, num_classes, protocols, report,
                         linear_epochs)
 
     if "semi" in protocols:
         subsets = {}
         for name, fraction in SEMI_FRACTIONS.items():
-            index = balanced_subset(train.labels, fraction, seed)
+            index = balanced_subset(train_labels, fraction, seed)
             subsets[name] = index.tolist()
             say(f"eval: semi-supervised fine-tune on {name} ({len(index)} labels)")
             for prefix, make in (("", lambda: load_encoder(checkpoint)[0]), ("random_init_", lambda: random_encoder(info, seed))):
                 if prefix and not baselines:
                     continue
-                result = fine_tune(make(), info.feature_dim, train_images[index], train.labels[index], test_images,
-                                   test.labels, num_classes, info, device, epochs=semi_epochs, seed=seed)
+                result = fine_tune(make(), info.feature_dim, train_images[index], train_labels[index], test_images,
+                                   test_labels, num_classes, info, device, epochs=semi_epochs, seed=seed)
                 report[f"{prefix}semi_{name}_top1"] = result["top1"]
                 report[f"{prefix}semi_{name}_top5"] = result["top5"]
         if run_dir is not None:
@@ -112,7 +113,7 @@ def evaluate_encoder(checkpoint: str, protocols: list[str], dataset_name: str | 
             report["semi_subsets"] = subsets
     report["eval_wall_s"] = time.perf_counter() - started
     report["_test_features"] = test_x
-    report["_test_labels"] = test.labels
+    report["_test_labels"] = test_labels
     report["_classes"] = test.classes
     return report
 

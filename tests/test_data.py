@@ -82,6 +82,33 @@ def test_too_many_unreadable_images_stop_with_one_line_naming_the_folder(tmp_pat
     assert "\n" not in message and "images" in message and "--max-bad-fraction 0.1" in message
 
 
+def test_evaluation_splits_leave_unreadable_images_out_and_keep_labels_aligned(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "labelled"
+    for label, colour in (("dark", (20, 20, 20)), ("light", (230, 230, 230))):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            _rgb(colour=colour).save(root / label / f"{i}.png")
+    (root / "dark" / "broken.png").write_text("not an image")
+    (root / "light" / "locked.png").write_bytes(b"")
+    _unreadable(monkeypatch, "locked.png")
+    dataset = load_folder(str(root), "train", load_size=8)
+
+    images, labels, unreadable = data.dataset_images(dataset, 8)
+    assert unreadable == 2 and len(images) == len(labels) == 6
+    light = dataset.classes.index("light")
+    assert torch.equal(labels == light, images.float().mean(dim=(1, 2, 3)) > 128)  # each label kept with its image
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "2 of 8" in warning and "left out" in warning
+
+
+def test_evaluation_split_with_no_readable_image_is_one_line(tmp_path):
+    root = tmp_path / "junk"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.png").write_text("no")
+    with pytest.raises(UserError, match="none of the 1 images"):
+        data.dataset_images(load_folder(str(root), "train", load_size=8), 8)
+
+
 @pytest.mark.parametrize("setup, expected", [
     (lambda root: None, "no such folder"),
     (lambda root: root.mkdir(), "no image files"),

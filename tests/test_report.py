@@ -55,6 +55,7 @@ def test_eval_json_has_every_field_and_beats_chance(trained_run):
         assert 0 <= report[key] <= 100, key
     # the synthetic classes are prototypes plus noise: raw pixels separate them almost perfectly
     assert report["raw_pixel_knn_top1"] > 90
+    assert report["unreadable_train_images"] == report["unreadable_test_images"] == 0
     assert json.loads((run / "eval.json").read_text())["knn_top1"] == report["knn_top1"]
     for plot in ("loss.png", "knn.png", "embedding.png"):
         assert (run / plot).stat().st_size > 1000
