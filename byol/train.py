@@ -5,6 +5,7 @@ Read top to bottom; every piece it uses is usable on its own from `byol`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -219,10 +220,18 @@ class StopSignals:
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop lines logged after the checkpoint we resume from, so each step appears once."""
+    """Drop lines logged after the checkpoint we resume from, so each step appears once, and any line
+    torn by a kill or a full disk in mid-write."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -399,8 +408,12 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
 
     def write_record(record: dict) -> None:
         if main:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            try:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            except OSError as error:
+                raise UserError(f"{out / METRICS}: cannot write ({error.strerror or error}); the last checkpoint in "
+                                f"{out} is kept, resume with --resume once there is room") from None
             board.log(record)
 
     def knn_monitor(epoch: int, record: dict) -> None:
@@ -483,7 +496,8 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
     finally:
         signals.restore()
         if metrics_file is not None:
-            metrics_file.close()
+            with contextlib.suppress(OSError):  # a full disk was already reported; do not mask that error
+                metrics_file.close()
         board.close()
         progress.close()
     wall = time.perf_counter() - run_start

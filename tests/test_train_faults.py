@@ -128,3 +128,51 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert "step 5" in message and "--lr" in message and "fp32" in message and "last good checkpoint" in message
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_full_disk_while_logging_stops_with_one_line_and_a_torn_line_does_not_block_the_resume(
+        tmp_path, fashion_dir, monkeypatch):
+    import builtins
+    import errno
+    import json
+
+    real_open = builtins.open
+
+    class FillsUp:
+        """metrics.jsonl whose disk fills on the 6th line, after half of it is written."""
+
+        def __init__(self, file):
+            self.file, self.lines = file, 0
+
+        def write(self, text):
+            self.lines += 1
+            if self.lines == 6:
+                self.file.write(text[:len(text) // 2])
+                self.file.flush()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def fake_open(path, *args, **kwargs):
+        handle = real_open(path, *args, **kwargs)
+        return FillsUp(handle) if str(path).endswith("metrics.jsonl") else handle
+
+    out = tmp_path / "run"
+    cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(out), "checkpoint_every": 2,
+                             "knn_every": 0})
+    monkeypatch.setattr(train_module, "open", fake_open, raising=False)
+    with pytest.raises(UserError) as error:
+        train_module.train(cfg, quiet=True)
+    assert "metrics.jsonl" in str(error.value) and "No space left on device" in str(error.value)
+    assert "\n" not in str(error.value)
+    with pytest.raises(json.JSONDecodeError):
+        [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]  # the torn line is there
+    checkpointed = load_checkpoint(out / "checkpoint.pt")["step"]
+
+    monkeypatch.undo()
+    resumed = resolve(config_file=str(out / "config.yaml"), overrides={"resume": True})
+    assert train_module.train(resumed, quiet=True)["finished"]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert checkpointed < 8 and steps == list(range(1, 9))
