@@ -64,3 +64,14 @@ def test_linear_probe_picks_weight_decay_on_held_out_data():
     result = linear_probe(train_x, train_y, test_x, test_y, 5, epochs=5, weight_decays=(0.0, 1e-3))
     assert result["weight_decay"] in (0.0, 1e-3)
     assert 0 <= result["top1"] <= 100
+
+
+def test_weight_decay_candidates_trained_side_by_side_end_as_if_trained_alone():
+    from byol.evaluate import _fit_linear
+
+    x, y = clusters(spread=3.0)
+    together = _fit_linear(x, y, 5, [0.0, 1e-2, 1e-1], epochs=3, batch_size=16, lr=0.1, seed=4)
+    for head, wd in zip(together, [0.0, 1e-2, 1e-1]):
+        alone, = _fit_linear(x, y, 5, [wd], epochs=3, batch_size=16, lr=0.1, seed=4)
+        assert torch.allclose(head.weight, alone.weight, atol=1e-6) and torch.allclose(head.bias, alone.bias, atol=1e-6)
+    assert not torch.allclose(together[0].weight, together[2].weight, atol=1e-3)  # the decay did act
