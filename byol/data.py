@@ -306,10 +306,10 @@ def dataset_images(dataset: ImageDataset, size: int) -> tuple[torch.Tensor, torc
         if image is not None:
             out[i], readable[i] = image, True
     unreadable = len(dataset) - int(readable.sum())
-    folder = dataset.files[0].parent if dataset.files else "?"
-    if unreadable == len(dataset):
-        raise UserError(f"{folder}: none of the {len(dataset)} images can be decoded")
     if unreadable:
+        folder = dataset.files[0].parent
+        if unreadable == len(dataset):
+            raise UserError(f"{folder}: none of the {len(dataset)} images can be decoded")
         print(f"warning: {unreadable} of {len(dataset)} images under {folder} could not be decoded and are left "
               "out of this evaluation split", file=sys.stderr)
     labels = dataset.labels[readable] if dataset.labels is not None else None

@@ -16,6 +16,7 @@ Protocols (SPEC "Evaluation protocols", scaled down to what a CPU affords):
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -133,9 +134,7 @@ def _fit_linear(features, labels, num_classes, weight_decays, epochs, batch_size
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     first = nn.Linear(features.shape[1], num_classes)
-    heads = [first] + [nn.Linear(features.shape[1], num_classes) for _ in weight_decays[1:]]
-    for head in heads[1:]:
-        head.load_state_dict(first.state_dict())
+    heads = [first] + [copy.deepcopy(first) for _ in weight_decays[1:]]
     optimizer = torch.optim.SGD([{"params": head.parameters(), "weight_decay": wd} for head, wd in zip(heads, weight_decays)],
                                 lr=lr, momentum=0.9, nesterov=True)
     steps_per_epoch = math.ceil(len(features) / batch_size)
