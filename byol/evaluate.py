@@ -94,20 +94,30 @@ def pixel_features(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 @torch.no_grad()
+def knn_predict_many(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                     ks: tuple[int, ...], num_classes: int, temperature: float = 0.07,
+                     chunk: int = 1024) -> dict[int, torch.Tensor]:
+    """Class scores (N_test, classes) for each k from one similarity pass: the k nearest are a prefix of the
+    largest k's sorted neighbours, so k=20 beside k=200 costs no second matmul over the bank."""
+    bank = F.normalize(train_features.float(), dim=1)
+    widest = min(max(ks), len(bank))
+    scores = {k: [] for k in ks}
+    for start in range(0, len(test_features), chunk):
+        query = F.normalize(test_features[start:start + chunk].float(), dim=1)
+        similarity, index = (query @ bank.T).topk(widest, dim=1)
+        weights = (similarity / temperature).exp()
+        neighbour_labels = train_labels[index]
+        for k in ks:
+            votes = torch.zeros(len(query), num_classes)
+            votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
+            scores[k].append(votes)
+    return {k: torch.cat(parts) for k, parts in scores.items()}
+
+
 def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, k: int,
                 num_classes: int, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
     """Class scores (N_test, classes) from a cosine-similarity kNN with exp(sim/T) weighted votes."""
-    bank = F.normalize(train_features.float(), dim=1)
-    k = min(k, len(bank))
-    scores = []
-    for start in range(0, len(test_features), chunk):
-        query = F.normalize(test_features[start:start + chunk].float(), dim=1)
-        similarity, index = (query @ bank.T).topk(k, dim=1)
-        weights = (similarity / temperature).exp()
-        votes = torch.zeros(len(query), num_classes)
-        votes.scatter_add_(1, train_labels[index], weights)
-        scores.append(votes)
-    return torch.cat(scores)
+    return knn_predict_many(train_features, train_labels, test_features, (k,), num_classes, temperature, chunk)[k]
 
 
 def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
@@ -116,10 +126,16 @@ def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> fl
     return 100.0 * hits.float().mean().item()
 
 
+def knn_accuracies(train_features, train_labels, test_features, test_labels, num_classes, ks=(200, 20),
+                   temperature=0.07) -> dict[int, float]:
+    """Top-1 for each k in `ks`, from one pass over the bank."""
+    scores = knn_predict_many(train_features, train_labels, test_features, tuple(ks), num_classes, temperature)
+    return {k: top_k_accuracy(s, test_labels) for k, s in scores.items()}
+
+
 def knn_accuracy(train_features, train_labels, test_features, test_labels, num_classes, k=200,
                  temperature=0.07) -> float:
-    scores = knn_predict(train_features, train_labels, test_features, k, num_classes, temperature)
-    return top_k_accuracy(scores, test_labels)
+    return knn_accuracies(train_features, train_labels, test_features, test_labels, num_classes, (k,), temperature)[k]
 
 
 # ---------------------------------------------------------------- linear probe on features

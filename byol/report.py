@@ -16,7 +16,7 @@ from .evaluate import (
     balanced_subset,
     extract_features,
     fine_tune,
-    knn_accuracy,
+    knn_accuracies,
     linear_probe,
     load_encoder,
     pixel_features,
@@ -37,8 +37,8 @@ def parse_protocols(text: str) -> list[str]:
 
 def _score_features(prefix: str, train_x, train_y, test_x, test_y, num_classes, protocols, report, linear_epochs):
     if "knn" in protocols:
-        report[f"{prefix}knn_top1"] = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=200)
-        report[f"{prefix}knn20_top1"] = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=20)
+        accuracy = knn_accuracies(train_x, train_y, test_x, test_y, num_classes, ks=(200, 20))
+        report[f"{prefix}knn_top1"], report[f"{prefix}knn20_top1"] = accuracy[200], accuracy[20]
     if "linear" in protocols:
         result = linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=linear_epochs)
         report[f"{prefix}linear_top1"] = result["top1"]

@@ -1,6 +1,6 @@
 import torch
 
-from byol.evaluate import balanced_subset, knn_accuracy, knn_predict, linear_probe, top_k_accuracy
+from byol.evaluate import balanced_subset, knn_accuracy, knn_predict, knn_predict_many, linear_probe, top_k_accuracy
 
 
 def clusters(n_per_class=100, classes=5, dim=16, spread=0.05, seed=0):
@@ -38,6 +38,19 @@ def test_knn_weighted_vote_by_hand():
     assert torch.allclose(scores[0], torch.stack([weights[0] + weights[1], weights[2]]), rtol=1e-5)
     # k=1 takes only the nearest neighbour
     assert knn_predict(bank, labels, query, k=1, num_classes=2)[0].argmax() == 1
+
+
+def test_every_k_from_one_pass_equals_its_own_knn():
+    generator = torch.Generator().manual_seed(3)
+    bank, query = torch.randn(500, 8, generator=generator), torch.randn(70, 8, generator=generator)
+    labels = torch.randint(0, 4, (500,), generator=generator)
+    many = knn_predict_many(bank, labels, query, (200, 20, 5), num_classes=4, chunk=32)
+    similarity = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T
+    for k in (200, 20, 5):
+        nearest, index = similarity.topk(k, dim=1)  # each k on its own, the direct way
+        expected = torch.zeros(70, 4).scatter_add_(1, labels[index], (nearest / 0.07).exp())
+        assert torch.allclose(many[k], expected, rtol=1e-5)
+    assert many[5].shape == (70, 4) and not torch.equal(many[5], many[20])
 
 
 def test_top_k_accuracy():
