@@ -18,6 +18,7 @@ import torch
 from .augment import BYOLAugment
 from .config import TrainConfig
 from .errors import UserError
+from .precision import describe_precision, matmul_flops, resolve_precision
 from .schedules import scaled_lr
 
 PEERS = ("byol-pytorch", "lightly")
@@ -49,22 +50,6 @@ def count_flops(step: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops()
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """FLOP/s of a large square matmul at `dtype` on `device`: the roof the step is measured against."""
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        calls += 1
-        _sync(device)
-    return 2 * n**3 * calls / (time.perf_counter() - start)
 
 
 def peak_memory_mb(device: torch.device) -> tuple[str, float]:
@@ -110,7 +95,7 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
           steps: int = 20, warmup: int = 3, device: str = "auto", precision: str = "auto", channels: int = 3,
           channels_last: bool | None = None, compile_model: bool = False, compare: tuple[str, ...] = (),
           stem: str = "auto") -> dict:
-    from .train import memory_format_for, resolve_device, resolve_precision
+    from .train import memory_format_for, resolve_device
 
     if steps < 1 or batch_size < 2:
         raise UserError("--steps must be ≥ 1 and --batch-size ≥ 2")
@@ -129,11 +114,12 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
     times = time_steps(step, dev, steps, warmup)
     augment_times = time_steps(augment_only, dev, steps, 1)
     seconds = statistics.median(times)
-    peak = matmul_peak(dev, amp_dtype or torch.float32)
+    peak = matmul_flops(dev, amp_dtype or torch.float32)
     memory_key, memory = peak_memory_mb(dev)
     result = {
         "device": device_name(dev), "backbone": backbone, "width": width, "stem": stem, "image_size": image_size,
         "batch_size": batch_size, "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
+        "precision_choice": describe_precision(precision, dev, amp_dtype),
         "channels_last": memory_format == torch.channels_last, "compile": compile_model, "steps": steps,
         "ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds,
         "augment_ms_per_step": 1000 * statistics.median(augment_times),
@@ -187,6 +173,7 @@ def format_result(result: dict) -> str:
         f"model        {result['backbone']} ×{result['width']}, {result['image_size']} px, batch {result['batch_size']}, "
         f"{result['precision']}{', channels_last' if result['channels_last'] else ''}"
         f"{', compiled' if result['compile'] else ''}",
+        f"precision    {result['precision_choice']}",
         f"step         {fmt(result['ms_per_step'])} ms  ({fmt(result['images_per_s'])} images/s)",
         f"augment      {fmt(result['augment_ms_per_step'])} ms per step ({100 * result['augment_fraction']:.1f}%)",
         f"FLOPs/image  {fmt(result['flops_per_image'], 1e9, 2, ' GFLOP')}",

@@ -14,12 +14,7 @@ import torch
 
 from .backbones import build_backbone
 from .bench import random_images
-
-
-def _autocast(device: torch.device, amp_dtype):
-    from .train import autocast
-
-    return autocast(device, amp_dtype)
+from .precision import autocast
 
 
 def byol_pytorch_step(backbone: str, width: float, image_size: int, channels: int, batch_size: int,
@@ -34,7 +29,7 @@ def byol_pytorch_step(backbone: str, width: float, image_size: int, channels: in
     images = random_images(batch_size, channels, image_size, device)
 
     def step():
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             loss = learner(images.float() / 255)
         optimizer.zero_grad()
         loss.backward()
@@ -82,7 +77,7 @@ def lightly_step(backbone: str, width: float, image_size: int, channels: int, ba
         views = [transform(picture) for picture in pictures]
         x0 = torch.stack([v[0] for v in views]).to(device)
         x1 = torch.stack([v[1] for v in views]).to(device)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             loss = 0.5 * (criterion(predict(x0), project_target(x1)) + criterion(predict(x1), project_target(x0)))
         loss.backward()
         optimizer.step()

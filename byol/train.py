@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ from .errors import UserError
 from .methods import build_method
 from .monitor import Monitor, TensorBoard
 from .optim import LARS, lars_param_groups
+from .precision import autocast, describe_precision, resolve_precision
 from .schedules import learning_rate, scaled_lr, target_tau
 
 CHECKPOINT = "checkpoint.pt"
@@ -70,36 +70,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
     return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. `auto` means bf16 wherever the device runs it natively."""
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    return None
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without them bf16 autocast on CPU is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def image_size_for(cfg: TrainConfig, native_size: int) -> int:
@@ -311,6 +281,7 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     amp_dtype = resolve_precision(cfg.precision, device)
+    log(f"precision {describe_precision(cfg.precision, device, amp_dtype)}", quiet or not main)
 
     # ---- data
     with context.main_first():  # a download happens once

@@ -19,6 +19,7 @@ def test_bench_runs_end_to_end_and_reports_its_fields():
         assert key in result, key
     assert result["images_per_s"] > 0 and 0 < result["utilization"] < 1.5
     assert result["images_per_s"] == pytest.approx(8 / (result["ms_per_step"] / 1000))
+    assert result["precision"] == "float32" and result["precision_choice"] == "fp32"
 
 
 def test_flop_count_is_about_eight_forward_passes_per_image():
