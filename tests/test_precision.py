@@ -8,30 +8,30 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("name, dtype", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
-def test_an_explicit_precision_is_taken_as_asked(name, dtype, monkeypatch):
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("an explicit choice must not time anything"))
+@pytest.mark.parametrize("amx", [True, False])
+def test_an_explicit_precision_is_taken_as_asked(name, dtype, amx, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: amx)
     assert resolve_precision(name, CPU) is dtype
 
 
-@pytest.mark.parametrize("speedup, dtype", [(0.0, None), (0.56, None), (1.2, None), (1.25, torch.bfloat16),
-                                            (4.0, torch.bfloat16)])
-def test_auto_on_cpu_takes_bf16_only_where_it_measured_clearly_faster(speedup, dtype, monkeypatch):
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
+@pytest.mark.parametrize("amx, dtype, why", [(True, torch.bfloat16, "bf16 (auto: AMX on this CPU)"),
+                                             (False, None, "fp32 (auto: no AMX on this CPU)")])
+def test_auto_on_cpu_takes_bf16_only_with_amx(amx, dtype, why, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: amx)
     assert resolve_precision("auto", CPU) is dtype
+    assert describe_precision("auto", CPU, dtype) == why
 
 
-def test_a_cpu_without_bf16_instructions_is_not_timed(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_bf16_instructions", lambda: False)
-    monkeypatch.setattr(precision, "matmul_flops", lambda *a, **k: pytest.fail("emulated bf16 must not be timed"))
-    assert precision.cpu_bf16_speedup.__wrapped__() == 0.0
-    assert "no AVX512-BF16" in describe_precision("auto", CPU, None)
-
-
-def test_the_log_line_names_the_measured_ratio(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_bf16_instructions", lambda: True)
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 0.56)
-    assert describe_precision("auto", CPU, None) == "fp32 (auto: a bf16 matmul ran 0.56× fp32 on this CPU)"
-    assert describe_precision("bf16", CPU, torch.bfloat16) == "bf16"
+def test_amx_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
+    real_path = precision.Path
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(precision, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16\n")
+    assert not precision.cpu_has_amx()  # AVX512-BF16 alone measured slower than fp32
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    assert precision.cpu_has_amx()
+    cpuinfo.unlink()
+    assert not precision.cpu_has_amx()
 
 
 def test_matmul_flops_counts_two_flops_per_multiply_add(monkeypatch):
