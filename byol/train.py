@@ -281,7 +281,6 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     amp_dtype = resolve_precision(cfg.precision, device)
-    log(f"precision {describe_precision(cfg.precision, device, amp_dtype)}", quiet or not main)
 
     # ---- data
     with context.main_first():  # a download happens once
@@ -323,7 +322,8 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
     # ---- resume
     step = 0
     if state is not None:
-        changed = [k for k in TRAJECTORY_KEYS if state["config"].get(k) != getattr(cfg, k)]
+        defaults = TrainConfig()  # a key added since the checkpoint was written had its default then
+        changed = [k for k in TRAJECTORY_KEYS if state["config"].get(k, getattr(defaults, k)) != getattr(cfg, k)]
         if changed:
             log(f"warning: resuming with changed settings: {', '.join(changed)}", quiet)
         if state.get("world_size", 1) != world_size:
@@ -345,6 +345,7 @@ def _train(cfg: TrainConfig, quiet: bool, device: torch.device, context: Context
     elif resume:
         log(f"--resume: no checkpoint in {out} yet, starting fresh", quiet)
     del state
+    log(f"precision {describe_precision(cfg.precision, device, amp_dtype)}", quiet or not main)
     model = wrap(learner, device)  # after loading, so DDP's initial broadcast sends the resumed weights
 
     if main:

@@ -38,3 +38,16 @@ def test_matmul_flops_counts_two_flops_per_multiply_add(monkeypatch):
     ticks = iter([0.0, 0.0, 0.5, 1.0, 1.5])  # start, three loop checks (two calls), end
     monkeypatch.setattr(precision.time, "perf_counter", lambda: next(ticks))
     assert matmul_flops(CPU, torch.float32, seconds=1.0) == pytest.approx(2 * 1024**3 * 2 / 1.5)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_choosing_a_precision_leaves_the_initial_weights_alone(amx, monkeypatch):
+    # train seeds torch, then resolves the precision, then builds the model: a choice that drew random
+    # numbers (the dropped start-up matmul timing did) would silently change every run's initial weights.
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: amx)
+    torch.manual_seed(0)
+    expected = torch.randn(4)
+    torch.manual_seed(0)
+    resolve_precision("auto", CPU)
+    describe_precision("auto", CPU, None)
+    assert torch.equal(torch.randn(4), expected)
