@@ -18,7 +18,7 @@ import torch
 from .augment import BYOLAugment
 from .config import TrainConfig
 from .errors import UserError
-from .precision import describe_precision, matmul_flops, resolve_precision
+from .precision import describe_precision, resolve_precision
 from .schedules import scaled_lr
 
 PEERS = ("byol-pytorch", "lightly")
@@ -50,6 +50,22 @@ def count_flops(step: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """FLOP/s of a large square matmul at `dtype` on `device`: the roof the step is measured against."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+        _sync(device)
+    return 2 * n**3 * calls / (time.perf_counter() - start)
 
 
 def peak_memory_mb(device: torch.device) -> tuple[str, float]:
@@ -114,7 +130,7 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
     times = time_steps(step, dev, steps, warmup)
     augment_times = time_steps(augment_only, dev, steps, 1)
     seconds = statistics.median(times)
-    peak = matmul_flops(dev, amp_dtype or torch.float32)
+    peak = matmul_peak(dev, amp_dtype or torch.float32)
     memory_key, memory = peak_memory_mb(dev)
     result = {
         "device": device_name(dev), "backbone": backbone, "width": width, "stem": stem, "image_size": image_size,

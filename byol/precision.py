@@ -1,4 +1,4 @@
-"""Which number format a step computes in, and the matmul roof it is measured against.
+"""Which number format a step computes in.
 
 `auto` is bf16 autocast where bf16 is faster than fp32, fp32 elsewhere. On CPU that takes AMX:
 on a 2-core AVX512-BF16 VM without AMX (2026-11-25) a 1024² bf16 matmul ran at 155 GFLOP/s against
@@ -9,7 +9,6 @@ have trained in a different precision from one run to the next.
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -36,7 +35,7 @@ def describe_precision(precision: str, device: torch.device, amp_dtype: torch.dt
     name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     if precision != "auto" or device.type != "cpu":
         return name
-    return f"{name} (auto: {'AMX' if cpu_has_amx() else 'no AMX'} on this CPU)"
+    return f"{name} (auto: {'AMX' if amp_dtype is not None else 'no AMX'} on this CPU)"
 
 
 def cpu_has_amx() -> bool:
@@ -48,28 +47,8 @@ def cpu_has_amx() -> bool:
     return " amx_bf16" in flags
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """FLOP/s of a large square matmul at `dtype` on `device`: the roof a step is measured against."""
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        calls += 1
-        _sync(device)
-    return 2 * n**3 * calls / (time.perf_counter() - start)
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

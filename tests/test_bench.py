@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from byol import BYOL, LARS, BYOLAugment, build_backbone, lars_param_groups
-from byol.bench import bench, count_flops
+from byol import bench as bench_module
+from byol.bench import bench, count_flops, matmul_peak
 from byol.errors import UserError
 from byol.train import training_step
 
@@ -95,3 +96,9 @@ def test_compiled_step_matches_the_eager_step():
     assert torch.allclose(losses[0], losses[1], atol=1e-4)
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-4), name
+
+
+def test_matmul_peak_counts_two_flops_per_multiply_add(monkeypatch):
+    ticks = iter([0.0, 0.0, 0.5, 1.0, 1.5])  # start, three loop checks (two calls), end
+    monkeypatch.setattr(bench_module.time, "perf_counter", lambda: next(ticks))
+    assert matmul_peak(torch.device("cpu"), torch.float32, seconds=1.0) == pytest.approx(2 * 1024**3 * 2 / 1.5)
