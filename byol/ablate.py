@@ -15,12 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import atomic_write
+from .collapse import is_collapsed
 from .config import TrainConfig, merge, resolve
 from .errors import UserError
+from .logs import log, verbosity
+from .report import pyplot, evaluate_encoder
+from .run_dir import RunDir
+from .train import train
 
 # Which training preset each `--preset` of the suite starts from.
 SUITE_PRESETS = {"smoke": "smoke", "cpu": "ablate-cpu", "gpu": "ablate-gpu"}
-RESULT = "ablation.json"
+RESULT = RunDir.ABLATION
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class Variant:
 
 
 def paper_suite(base: TrainConfig) -> list[Variant]:
-    """SPEC "Ablations": BYOL vs its ablations and vs SimCLR / SimSiam on the same recipe."""
+    """The paper's ablations (docs/method.md): BYOL vs its ablations and vs SimCLR / SimSiam on the same recipe."""
     small, smaller = max(base.batch_size // 4, 2), max(base.batch_size // 16, 2)
     variants = [
         Variant("byol", "baseline", {}, "72.5"),
@@ -63,64 +68,64 @@ SUITES = {"paper": paper_suite}
 
 def run_suite(suite: str, preset: str, out: str, config_file: str | None = None, quiet: bool = False) -> Path:
     if suite not in SUITES:
-        raise UserError(f"unknown suite '{suite}' (option --suite); choose one of {', '.join(SUITES)}")
+        raise UserError(f"--suite: unknown suite '{suite}'; choose one of {', '.join(SUITES)}")
     if preset not in SUITE_PRESETS:
-        raise UserError(f"unknown preset '{preset}' (option --preset); choose one of {', '.join(SUITE_PRESETS)}")
-    from .report import evaluate_encoder
-    from .train import BACKBONE, METRICS, log, train
-
+        raise UserError(f"--preset: unknown preset '{preset}'; choose one of {', '.join(SUITE_PRESETS)}")
     base = resolve(SUITE_PRESETS[preset], config_file)
     # Monitors that do not change the table are off: they cost time and each run is evaluated after.
     base = dataclasses.replace(base, knn_every=0, online_probe=False, tensorboard=False)
     out_dir = Path(out)
     variants = SUITES[suite](base)
     results = []
-    for number, variant in enumerate(variants, 1):
-        run_dir = out_dir / "runs" / variant.name
-        result_path = run_dir / RESULT
-        if result_path.exists():
-            results.append(json.loads(result_path.read_text()))
-            log(f"[{number}/{len(variants)}] {variant.name}: done earlier", quiet)
-            continue
-        log(f"[{number}/{len(variants)}] {variant.name}", quiet)
-        cfg = merge(base, {**variant.overrides, "out": str(run_dir), "resume": True}, f"variant {variant.name}")
-        cfg.validate()
-        started = time.perf_counter()
-        result = {"name": variant.name, "group": variant.group, "method": cfg.method, "overrides": variant.overrides,
-                  "paper_top1": variant.paper}
-        try:
-            train(cfg, quiet=True)
-            report = evaluate_encoder(str(run_dir / BACKBONE), ["knn", "linear"], cfg.dataset, cfg.data, cfg.device,
-                                      baselines=False, linear_epochs=base_linear_epochs(preset), quiet=True)
-            last = last_record(run_dir / METRICS)
-            result.update(knn_top1=report["knn_top1"], linear_top1=report["linear_top1"],
-                          embedding_std=last.get("embedding_std"), effective_rank=last.get("effective_rank"),
-                          projection_dim=cfg.projection_dim)
-        except UserError as error:
-            # A variant that diverges is a result too (the paper's collapsed rows); record it, go on.
-            result["error"] = str(error)
-        result["wall_s"] = round(time.perf_counter() - started, 1)
-        atomic_write(result_path, lambda tmp, r=result: Path(tmp).write_text(json.dumps(r, indent=2) + "\n"))
-        results.append(result)
-        log(f"    {summary_line(result)}", quiet)
-        write_outputs(out_dir, results, suite, preset, base)
-    reference = reference_scores(out_dir, variants[0], base, preset, quiet)
+    with verbosity(quiet):
+        for number, variant in enumerate(variants, 1):
+            run = RunDir(out_dir / "runs" / variant.name)
+            earlier = run.read_json(RESULT)
+            if earlier is not None:
+                log.info(f"[{number}/{len(variants)}] {variant.name}: done earlier")
+                results.append(earlier)
+                continue
+            log.info(f"[{number}/{len(variants)}] {variant.name}")
+            results.append(run_variant(variant, base, run, preset))
+            log.info(f"    {summary_line(results[-1])}")
+            write_outputs(out_dir, results, suite, preset, base)
+        reference = reference_scores(out_dir, variants[0], base, preset)
     write_outputs(out_dir, results, suite, preset, base, reference)
     return out_dir / "ablations.md"
 
 
-def reference_scores(out_dir: Path, first: Variant, base: TrainConfig, preset: str, quiet: bool) -> dict:
-    """Random-init encoder (same architecture) and raw pixels under the same evaluation, once per suite."""
-    from .report import evaluate_encoder
-    from .train import BACKBONE, log
+def run_variant(variant: Variant, base: TrainConfig, run: RunDir, preset: str) -> dict:
+    """Train and evaluate one variant; its result (or the error that stopped it) is saved in its run folder."""
+    cfg = merge(base, {**variant.overrides, "out": str(run.path), "resume": True}, f"variant {variant.name}")
+    cfg.validate()
+    started = time.perf_counter()
+    result = {"name": variant.name, "group": variant.group, "method": cfg.method, "overrides": variant.overrides,
+              "paper_top1": variant.paper}
+    try:
+        train(cfg, quiet=True)
+        report = evaluate_encoder(str(run.encoder), ["knn", "linear"], cfg.dataset, cfg.data, cfg.device,
+                                  baselines=False, linear_epochs=base_linear_epochs(preset), quiet=True)
+        last = run.last_metrics_with("embedding_std")
+        result.update(knn_top1=report["knn_top1"], linear_top1=report["linear_top1"],
+                      embedding_std=last.get("embedding_std"), effective_rank=last.get("effective_rank"),
+                      projection_dim=cfg.projection_dim)
+    except UserError as error:
+        # A variant that diverges is a result too (the paper's collapsed rows); record it, go on.
+        result["error"] = str(error)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    run.write_json(RESULT, result)
+    return result
 
+
+def reference_scores(out_dir: Path, first: Variant, base: TrainConfig, preset: str) -> dict:
+    """Random-init encoder (same architecture) and raw pixels under the same evaluation, once per suite."""
     path = out_dir / "reference.json"
     if path.exists():
         return json.loads(path.read_text())
-    encoder = out_dir / "runs" / first.name / BACKBONE
+    encoder = RunDir(out_dir / "runs" / first.name).encoder
     if not encoder.exists():
         return {}
-    log("reference rows: random-init encoder and raw pixels", quiet)
+    log.info("reference rows: random-init encoder and raw pixels")
     report = evaluate_encoder(str(encoder), ["knn", "linear"], base.dataset, base.data, base.device, baselines=True,
                               linear_epochs=base_linear_epochs(preset), quiet=True)
     reference = {k: report[k] for k in ("random_init_knn_top1", "random_init_linear_top1", "raw_pixel_knn_top1",
@@ -131,12 +136,6 @@ def reference_scores(out_dir: Path, first: Variant, base: TrainConfig, preset: s
 
 def base_linear_epochs(preset: str) -> int:
     return 5 if preset == "smoke" else 30
-
-
-def last_record(metrics_path: Path) -> dict:
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    with_collapse = [r for r in records if "embedding_std" in r]
-    return with_collapse[-1] if with_collapse else {}
 
 
 def _number(value, digits: int = 2) -> str:
@@ -158,8 +157,6 @@ def std_ratio(result: dict) -> float | None:
 
 
 def collapsed(result: dict) -> bool:
-    from .collapse import is_collapsed
-
     if result.get("embedding_std") is None:
         return False
     return is_collapsed(result, result["projection_dim"])
@@ -200,11 +197,7 @@ def write_outputs(out_dir: Path, results: list[dict], suite: str, preset: str, b
 
 
 def write_png(path: Path, results: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     done = [r for r in results if "error" not in r]
     if not done:
         return

@@ -5,7 +5,7 @@ device. Every random parameter (crop box, flip, jitter factors and their order, 
 sigma, solarize) is drawn per image from torch's generator on that device, so a run's augmentations
 are reproducible from its RNG state.
 
-Pipeline per view (SPEC table and the official code's order):
+Pipeline per view (the paper's table and the official code's order; docs/method.md has the numbers):
 crop+resize (bicubic) → flip → colour jitter (random order) → grayscale → blur → solarize → clip →
 normalise. Grey (1-channel) images skip saturation, hue and grayscale: they have no colour.
 
@@ -30,7 +30,7 @@ GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """Probabilities and ranges of one view's pipeline; defaults are the SPEC's view 1."""
+    """Probabilities and ranges of one view's pipeline; defaults are the paper's view 1."""
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -259,7 +259,7 @@ class ViewAugment(torch.nn.Module):
 
 
 class BYOLAugment(torch.nn.Module):
-    """Both views of the SPEC: `view1, view2 = augment(images)`."""
+    """Both views of the paper's pipeline: `view1, view2 = augment(images)`."""
 
     def __init__(self, image_size: int, mean, std, view1: ViewConfig = VIEW1, view2: ViewConfig = VIEW2):
         super().__init__()

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from .errors import UserError
-from .norm import NORMS, group_norm, weight_standardize_
+from .norm import check_norm, group_norm, weight_standardize_
 
 ARCHITECTURES = {
     "resnet18": (resnet.BasicBlock, [2, 2, 2, 2]),
@@ -15,9 +14,9 @@ ARCHITECTURES = {
     "resnet50": (resnet.Bottleneck, [3, 4, 6, 3]),
 }
 
-# Images this small lose too much to a 7×7/2 conv plus max-pool; the SPEC's CIFAR stem keeps them.
+# Images this small lose too much to a 7×7/2 conv plus max-pool; the CIFAR stem keeps them.
 CIFAR_STEM_MAX_SIZE = 64
-# imagenet: 7×7/2 conv + 3×3/2 max-pool (÷4). cifar: 3×3/1 conv, no pool (the SPEC's CIFAR variant).
+# imagenet: 7×7/2 conv + 3×3/2 max-pool (÷4). cifar: 3×3/1 conv, no pool (BYOL's CIFAR variant).
 # cifar-pool: the CIFAR conv then a 2×2 max-pool (÷2), 4× cheaper than `cifar` for the same width —
 # what lets a CPU train for several epochs in minutes.
 STEMS = ("auto", "imagenet", "cifar", "cifar-pool")
@@ -25,7 +24,7 @@ STEMS = ("auto", "imagenet", "cifar", "cifar-pool")
 
 def resolve_stem(stem: str, image_size: int) -> str:
     if stem not in STEMS:
-        raise UserError(f"unknown stem '{stem}' (option --stem); choose one of {', '.join(STEMS)}")
+        raise ValueError(f"unknown stem '{stem}'; choose one of {', '.join(STEMS)}")
     if stem == "auto":
         return "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
     return stem
@@ -69,11 +68,10 @@ def build_backbone(name: str, width: float = 1.0, image_size: int = 224, in_chan
                    stem: str = "auto", norm: str = "batch") -> WideResNet:
     """A ResNet by name; stem `auto` is the CIFAR stem for images of at most 64 px, else ImageNet's."""
     if name not in ARCHITECTURES:
-        raise UserError(f"unknown backbone '{name}' (option --backbone); choose one of {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(ARCHITECTURES)}")
     if width <= 0:
-        raise UserError(f"--width must be positive, got {width}")
-    if norm not in NORMS:
-        raise UserError(f"unknown norm '{norm}' (option --norm); choose one of {', '.join(NORMS)}")
+        raise ValueError(f"width must be positive, got {width}")
+    check_norm(norm)
     block, layers = ARCHITECTURES[name]
     return WideResNet(block, layers, width=width, in_channels=in_channels, stem=resolve_stem(stem, image_size),
                       norm=norm)

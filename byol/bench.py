@@ -1,6 +1,6 @@
 """`byol bench`: time full BYOL training steps and say how close they come to the hardware.
 
-A step is `train.training_step`, the function the training loop runs: both augmented views of every
+A step is `trainer.training_step`, the function the training loop runs: both augmented views of every
 image, online forward + backward, target forward, LARS, target EMA. Data loading is left out: the
 batch is uint8 images already on the device. Peers (`--compare`) run their own recommended step on
 the same backbone, batch, image size and device, in this process.
@@ -14,14 +14,17 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from . import peers
 from .augment import BYOLAugment
 from .config import TrainConfig
+from .device import Runtime, resolve_device
 from .errors import UserError
-from .precision import describe_precision, resolve_precision
 from .schedules import scaled_lr
+from .trainer import build_learner, optimizer_for, training_step
 
-PEERS = ("byol-pytorch", "lightly")
+PEERS = tuple(peers.STEPS)
 
 
 def _sync(device: torch.device) -> None:
@@ -45,8 +48,6 @@ def time_steps(step: Callable[[], object], device: torch.device, steps: int, war
 
 def count_flops(step: Callable[[], object]) -> int:
     """FLOPs of one call (matmuls and convolutions, forward and backward) by torch's flop counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops()
@@ -80,23 +81,21 @@ def random_images(batch_size: int, channels: int, image_size: int, device: torch
     return torch.randint(0, 256, (batch_size, channels, image_size, image_size), dtype=torch.uint8, device=device)
 
 
-def _our_step(backbone: str, width: float, image_size: int, channels: int, batch_size: int, device: torch.device,
-              amp_dtype: torch.dtype | None, memory_format: torch.memory_format, compile_model: bool,
-              stem: str = "auto"):
-    from .train import build_learner, build_optimizer, training_step
-
+def _our_step(backbone: str, width: float, image_size: int, images: torch.Tensor, runtime: Runtime,
+              compile_model: bool, stem: str = "auto"):
     # The learner and optimizer `byol train` would build (paper heads, LARS) for this backbone.
+    batch_size, channels = images.shape[:2]
     cfg = TrainConfig(backbone=backbone, width=width, stem=stem, batch_size=batch_size)
-    learner = build_learner(cfg, channels, image_size).to(device).to(memory_format=memory_format)
-    optimizer = build_optimizer(cfg, learner)
+    learner = build_learner(cfg, channels, image_size).to(runtime.device).to(memory_format=runtime.memory_format)
+    optimizer = optimizer_for(cfg, learner)
     for group in optimizer.param_groups:
         group["lr"] = scaled_lr(cfg.lr, batch_size)
-    augment = BYOLAugment(image_size, (0.5,) * channels, (0.25,) * channels).to(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    images = random_images(batch_size, channels, image_size, device)
+    augment = BYOLAugment(image_size, (0.5,) * channels, (0.25,) * channels).to(runtime.device)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
 
     def step():
-        return training_step(learner, augment, optimizer, scaler, images, 0.996, memory_format, amp_dtype)
+        return training_step(learner, augment, optimizer, scaler, images, 0.996, runtime.memory_format,
+                             runtime.amp_dtype)
 
     def augment_only():
         return augment(images)
@@ -111,45 +110,37 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
           steps: int = 20, warmup: int = 3, device: str = "auto", precision: str = "auto", channels: int = 3,
           channels_last: bool | None = None, compile_model: bool = False, compare: tuple[str, ...] = (),
           stem: str = "auto") -> dict:
-    from .train import memory_format_for, resolve_device
-
     if steps < 1 or batch_size < 2:
         raise UserError("--steps must be ≥ 1 and --batch-size ≥ 2")
     unknown = [p for p in compare if p not in PEERS]
     if unknown:
         raise UserError(f"--compare: unknown peer '{unknown[0]}'; choose from {', '.join(PEERS)}")
     torch.manual_seed(0)
-    dev = resolve_device(device)
-    amp_dtype = resolve_precision(precision, dev)
-    memory_format = memory_format_for(channels_last, dev)
+    runtime = Runtime.resolve(resolve_device(device), precision, channels_last)
+    dev = runtime.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-
-    step, augment_only, flops_per_step = _our_step(backbone, width, image_size, channels, batch_size, dev, amp_dtype,
-                                                   memory_format, compile_model, stem)
-    times = time_steps(step, dev, steps, warmup)
-    augment_times = time_steps(augment_only, dev, steps, 1)
-    seconds = statistics.median(times)
-    peak = matmul_peak(dev, amp_dtype or torch.float32)
+    images = random_images(batch_size, channels, image_size, dev)
+    step, augment_only, flops_per_step = _our_step(backbone, width, image_size, images, runtime, compile_model, stem)
+    seconds = statistics.median(time_steps(step, dev, steps, warmup))
+    augment_seconds = statistics.median(time_steps(augment_only, dev, steps, 1))
+    peak = matmul_peak(dev, runtime.amp_dtype or torch.float32)
     memory_key, memory = peak_memory_mb(dev)
     result = {
         "device": device_name(dev), "backbone": backbone, "width": width, "stem": stem, "image_size": image_size,
-        "batch_size": batch_size, "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
-        "precision_choice": describe_precision(precision, dev, amp_dtype),
-        "channels_last": memory_format == torch.channels_last, "compile": compile_model, "steps": steps,
+        "batch_size": batch_size, "precision": str(runtime.amp_dtype or torch.float32).replace("torch.", ""),
+        "precision_choice": runtime.describe_precision(),
+        "channels_last": runtime.memory_format == torch.channels_last, "compile": compile_model, "steps": steps,
         "ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds,
-        "augment_ms_per_step": 1000 * statistics.median(augment_times),
+        "augment_ms_per_step": 1000 * augment_seconds, "augment_fraction": augment_seconds / seconds,
         "flops_per_image": flops_per_step / batch_size if flops_per_step else None,
         "peak_flops": peak, memory_key: memory,
     }
-    result["augment_fraction"] = result["augment_ms_per_step"] / result["ms_per_step"]
     if flops_per_step:
         result["achieved_flops"] = flops_per_step / seconds
         result["utilization"] = result["achieved_flops"] / peak
-    result["compare"] = {}
-    for peer in compare:
-        result["compare"][peer] = bench_peer(peer, backbone, width, image_size, channels, batch_size, dev, amp_dtype,
-                                             steps, warmup, result["images_per_s"])
+    result["compare"] = {peer: bench_peer(peer, backbone, width, image_size, images, runtime, steps, warmup,
+                                          result["images_per_s"]) for peer in compare}
     return result
 
 
@@ -166,16 +157,14 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def bench_peer(peer: str, backbone: str, width: float, image_size: int, channels: int, batch_size: int,
-               device: torch.device, amp_dtype, steps: int, warmup: int, ours_images_per_s: float) -> dict:
-    from . import peers
-
+def bench_peer(peer: str, backbone: str, width: float, image_size: int, images: torch.Tensor, runtime: Runtime,
+               steps: int, warmup: int, ours_images_per_s: float) -> dict:
     try:
-        step = peers.STEPS[peer](backbone, width, image_size, channels, batch_size, device, amp_dtype)
+        step = peers.STEPS[peer](backbone, width, image_size, images, runtime.amp_dtype)
     except ImportError as error:
         return {"skipped": f"not installed ({error.name}); pip install 'byol[bench]'"}
-    seconds = statistics.median(time_steps(step, device, steps, warmup))
-    images_per_s = batch_size / seconds
+    seconds = statistics.median(time_steps(step, runtime.device, steps, warmup))
+    images_per_s = len(images) / seconds
     return {"images_per_s": images_per_s, "ms_per_step": 1000 * seconds, "ours_over_peer": ours_images_per_s / images_per_s}
 
 

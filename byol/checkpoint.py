@@ -1,4 +1,4 @@
-"""Checkpoints and exported weights: atomic writes, and loads that can never run code."""
+"""Checkpoints and exported weights: what they hold, atomic writes, and loads that can never run code."""
 
 from __future__ import annotations
 
@@ -48,6 +48,50 @@ class EncoderInfo:
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> EncoderInfo:
         return cls.from_dict({f.name: json.loads(metadata[f.name]) for f in dataclasses.fields(cls) if f.name in metadata})
+
+
+@dataclass
+class TrainingState:
+    """What `checkpoint.pt` holds: everything a run needs to continue bit for bit, and the encoder.
+
+    The one definition of the checkpoint's contents: `Trainer.state_dict` fills it, `Trainer.restore`
+    and `load_encoder` read it. Tensors and plain containers only, so a weights_only load can read it.
+    """
+
+    FORMAT = 1
+
+    step: int  # optimizer steps taken
+    config: dict  # TrainConfig.to_dict() of the run
+    model: dict  # the learner's state_dict: online and target networks, predictor, buffers
+    optimizer: dict
+    encoder_info: dict  # EncoderInfo.to_dict(): rebuilds the encoder from `model` alone
+    world_size: int = 1  # processes that trained it (the global batch does not depend on it)
+    scaler: dict | None = None  # fp16's GradScaler
+    monitor: dict | None = None  # the online probe and its optimizer
+    rng: dict | None = None  # Python's, numpy's and torch's global RNG states
+
+    def to_dict(self) -> dict:
+        # Not dataclasses.asdict: that would deep-copy every tensor.
+        return {"format": self.FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str | Path) -> TrainingState:
+        if not isinstance(values, dict) or not {"step", "model", "encoder_info"} <= set(values):
+            raise UserError(f"{source}: not a byol training checkpoint")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{"config": {}, "optimizer": {}, **{k: v for k, v in values.items() if k in known}})
+
+    @classmethod
+    def load(cls, path: Path | str) -> TrainingState:
+        return cls.from_dict(load_checkpoint(path), path)
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, self.to_dict())
+
+    def encoder_weights(self) -> dict[str, torch.Tensor]:
+        """The online encoder's state_dict, as the backbone alone would name it."""
+        prefix = "online_encoder."
+        return {k[len(prefix):]: v for k, v in self.model.items() if k.startswith(prefix)}
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,4 +1,10 @@
-"""Training configuration: one dataclass, filled from defaults ← preset ← YAML file ← command line."""
+"""Training configuration: one dataclass, filled from defaults ← preset ← YAML file ← command line.
+
+Every option is written once, as a field below: its default, its help, its choices (from the
+registries of the modules that build them), its check, and whether changing it changes what a run
+learns (`trajectory`). The command-line parser (`cli.py`), the resume warning and the checks here are
+all derived from these fields; adding an option is one `option(...)` line plus its use.
+"""
 
 from __future__ import annotations
 
@@ -8,140 +14,207 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import torch
 import yaml
 
+from .augment import REMOVABLE
+from .backbones import ARCHITECTURES, STEMS
+from .data import DATASETS
+from .device import PRECISIONS
 from .errors import UserError
+from .methods import METHODS
+from .norm import NORMS
+from .optim import OPTIMIZERS
 
 PRESETS = ("smoke", "cpu-quickstart", "gpu", "ablate-cpu", "ablate-gpu")
+
+
+# ---------------------------------------------------------------- checks: value → what is wrong, or None
+
+
+def positive(value) -> str | None:
+    return None if value > 0 else f"must be positive, got {value}"
+
+
+def non_negative(value) -> str | None:
+    return None if value >= 0 else f"must not be negative, got {value}"
+
+
+def unit_interval(value) -> str | None:
+    return None if 0 <= value <= 1 else f"must be in [0, 1], got {value}"
+
+
+def crop_fraction(value) -> str | None:
+    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
+def batch_of_two(value) -> str | None:
+    return None if value >= 2 else "must be at least 2: batch norm needs two images per batch"
+
+
+def resnet_size(value) -> str | None:
+    return None if value >= 8 else f"{value} px is too small for a ResNet (at least 8)"
+
+
+def epochs_or_off(value) -> str | None:
+    return None if value >= 0 else "must be 0 (off) or a number of epochs"
+
+
+def augmentation_names(value) -> str | None:
+    unknown = [name for name in split_list(value) if name not in REMOVABLE]
+    return f"unknown augmentation '{unknown[0]}'; choose from {', '.join(REMOVABLE)}" if unknown else None
+
+
+def device_name(value) -> str | None:
+    if value == "auto":
+        return None
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        return f"unknown device '{value}'; choose auto, cpu, cuda, cuda:N or mps"
+    return None
+
+
+def option(default, help: str, *, choices=None, check=None, trajectory: bool = True, saved: bool = True,
+           aliases: tuple[str, ...] = (), metavar: str | None = None):
+    """A config field with what the CLI and the checks need to know about it.
+
+    trajectory: a changed value changes what the run learns (a resume with it changed is warned about).
+    saved: written to config.yaml (False for per-invocation switches such as --resume).
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": tuple(choices) if choices is not None else None, "check": check,
+        "trajectory": trajectory, "saved": saved, "aliases": aliases, "metavar": metavar})
 
 
 @dataclass
 class TrainConfig:
     # data
-    dataset: str = "fashion-mnist"
-    data: str | None = None  # path; None looks in the dataset's default places
-    subset: int | None = None  # train on a seeded random subset of this many images
-    image_size: int | None = None  # None: the dataset's own size (28 / 32), 224 for folders
-    workers: int = 2  # decoding processes for folder datasets
-    max_bad_fraction: float = 0.01  # unreadable folder images are skipped and counted; more than this fraction (and more than one) stops the run; 0: any
+    dataset: str = option("fashion-mnist", "dataset to train on", choices=DATASETS)
+    data: str | None = option(None, "dataset location (default: the dataset's usual places)", metavar="PATH",
+                              trajectory=False)
+    subset: int | None = option(None, "train on a seeded random subset of N images", check=positive, metavar="N")
+    image_size: int | None = option(None, "training resolution in pixels; unset: the dataset's own (224 for folders)",
+                                    check=resnet_size, metavar="PX")
+    workers: int = option(2, "image-decoding processes for --dataset folder", check=non_negative, trajectory=False)
+    max_bad_fraction: float = option(0.01, "unreadable folder images are skipped and counted; more than this "
+                                     "fraction of the dataset (and more than one) stops the run; 0: any",
+                                     check=unit_interval, trajectory=False, metavar="F")
     # augmentation
-    crop_min_scale: float = 0.08  # smallest crop area fraction (the paper's 0.08)
-    aug_remove: str = ""  # comma list of augment.REMOVABLE (color, grayscale, blur, solarize, flip, all-but-crop)
+    crop_min_scale: float = option(0.08, "smallest area fraction of a random crop", check=crop_fraction,
+                                   metavar="S")
+    aug_remove: str = option("", f"augmentations to drop, comma-separated: {', '.join(REMOVABLE)} (ablations)",
+                             check=augmentation_names, metavar="LIST")
     # method and its ablation switches
-    method: str = "byol"  # byol | simclr | simsiam
-    predictor: bool = True  # False: the paper's "no predictor" ablation
-    negatives_beta: float = 0.0  # weight β of the appendix's contrastive term (0: BYOL)
-    temperature: float = 0.1  # α of the negatives term; SimCLR's NT-Xent temperature
-    norm: str = "batch"  # batch | group-ws (GroupNorm + Weight Standardization, encoder and heads)
+    method: str = option("byol", "byol, or a baseline on the same backbone, data and optimizer", choices=METHODS)
+    predictor: bool = option(True, "--no-predictor: the paper's ablation without the predictor (collapses)")
+    negatives_beta: float = option(0.0, "weight β of the appendix's contrastive term (0: BYOL)", check=non_negative,
+                                   metavar="B")
+    temperature: float = option(0.1, "α of the negatives term; SimCLR's NT-Xent temperature", check=positive)
+    norm: str = option("batch", "batch norm, or group-ws: GroupNorm + Weight Standardization in encoder and heads",
+                       choices=NORMS)
     # model
-    backbone: str = "resnet18"
-    width: float = 1.0
-    stem: str = "auto"  # auto | imagenet | cifar | cifar-pool (see backbones.STEMS)
-    projection_dim: int = 256
-    projector_hidden_dim: int = 4096
-    predictor_hidden_dim: int = 4096
+    backbone: str = option("resnet18", "encoder architecture", choices=ARCHITECTURES)
+    width: float = option(1.0, "channel-width multiplier of the ResNet (0.25 = quarter width)", check=positive)
+    stem: str = option("auto", "ResNet stem: auto = cifar (3×3/1) up to 64 px, imagenet (7×7/2 + pool) above; "
+                       "cifar-pool adds a 2×2 max-pool, 4× cheaper", choices=STEMS)
+    projection_dim: int = option(256, "output size of projector and predictor", check=positive)
+    projector_hidden_dim: int = option(4096, "hidden size of the projector", check=positive)
+    predictor_hidden_dim: int = option(4096, "hidden size of the predictor", check=positive)
     # optimisation
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.2  # base LR: the peak LR is lr × batch_size / 256
-    warmup_epochs: float = 10.0
-    optimizer: str = "lars"  # lars | sgd | adamw
-    momentum: float = 0.9
-    weight_decay: float = 1.5e-6
-    trust_coefficient: float = 1e-3
-    base_tau: float = 0.996
+    epochs: int = option(100, "passes over the training set", check=positive)
+    batch_size: int = option(256, "global images per step (the LR scales with it: lr × batch / 256)",
+                             check=batch_of_two)
+    lr: float = option(0.2, "base learning rate; the peak is lr × batch_size / 256", check=non_negative)
+    warmup_epochs: float = option(10.0, "linear warm-up before the cosine decay", check=non_negative)
+    optimizer: str = option("lars", "lars (the paper's), momentum sgd, or adamw", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "momentum (LARS, SGD); AdamW's β₁")
+    weight_decay: float = option(1.5e-6, "never applied to biases and norm parameters", check=non_negative)
+    trust_coefficient: float = option(1e-3, "LARS η")
+    base_tau: float = option(0.996, "τ_base of the target EMA schedule; 0 = stop-gradient online network, "
+                             "1 = fixed random target", check=unit_interval, aliases=("--tau-base",))
     # runtime
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    channels_last: bool | None = None  # None: on for CPU and CUDA, where it measured faster
-    sync_bn: bool = True  # under torchrun: batch norm over the global batch (the paper's cross-replica BN)
-    compile: bool = False  # torch.compile the learner (minutes of compilation first; see docs/performance.md)
-    seed: int = 0
-    out: str = "runs/byol"
-    log_every: int = 10  # steps between metrics.jsonl lines (the only host-device syncs)
-    checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
-    keep_checkpoints: int = 1  # >1: also keep this many recent checkpoints as checkpoint-step<N>.pt
-    knn_every: int = 1  # epochs between kNN monitor evaluations (0: off); needs labels
-    knn_bank: int = 10000  # training images in the monitor's kNN bank
-    knn_test: int = 2000  # test images the monitor scores
-    online_probe: bool = True  # linear classifier on the detached representation, its own optimizer
-    tensorboard: bool = True
-    stop_after_steps: int | None = None  # leave early with a resumable checkpoint (time-boxed jobs)
-    resume: bool = False
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name, trajectory=False,
+                         metavar="DEVICE")
+    precision: str = option("auto", "number format of the step (auto: docs/performance.md)", choices=PRECISIONS)
+    channels_last: bool | None = option(None, "channels-last memory format (default: on for CPU and CUDA)",
+                                        trajectory=False)
+    sync_bn: bool = option(True, "under torchrun, batch norm over the global batch (--no-sync-bn: per process)")
+    compile: bool = option(False, "torch.compile the learner (minutes of compilation first)", trajectory=False)
+    seed: int = option(0, "seed of weights, data order and augmentations", check=non_negative)
+    out: str = option("runs/byol", "run folder (checkpoint, config, metrics, weights)", metavar="DIR",
+                      trajectory=False)
+    log_every: int = option(10, "steps between metrics.jsonl lines (each one a host-device sync)", check=positive,
+                            trajectory=False, metavar="STEPS")
+    checkpoint_every: int = option(500, "steps between checkpoints (one is also written at every epoch end)",
+                                   check=positive, trajectory=False, metavar="STEPS")
+    keep_checkpoints: int = option(1, "also keep the K most recent checkpoints as checkpoint-step<N>.pt",
+                                   check=positive, trajectory=False, metavar="K")
+    knn_every: int = option(1, "epochs between kNN monitor evaluations (0: off); needs labels", check=epochs_or_off,
+                            trajectory=False, metavar="EPOCHS")
+    knn_bank: int = option(10000, "training images in the kNN monitor's bank", check=positive, trajectory=False,
+                           metavar="N")
+    knn_test: int = option(2000, "test images the kNN monitor scores", check=positive, trajectory=False,
+                           metavar="N")
+    online_probe: bool = option(True, "linear classifier on the detached representation, its own optimizer",
+                                trajectory=False)
+    tensorboard: bool = option(True, "TensorBoard scalars in DIR/tensorboard", trajectory=False)
+    stop_after_steps: int | None = option(None, "stop at step N with a resumable checkpoint (time-boxed jobs)",
+                                          check=positive, trajectory=False, saved=False, metavar="N")
+    resume: bool = option(False, "continue from DIR/checkpoint.pt if there is one", trajectory=False, saved=False)
 
     def validate(self) -> TrainConfig:
-        from .augment import REMOVABLE
-        from .backbones import ARCHITECTURES, STEMS
-        from .data import DATASETS
-        from .methods import METHODS
-        from .norm import NORMS
-
-        def bad(option: str, message: str):
-            raise UserError(f"--{option.replace('_', '-')}: {message}")
-
+        """Every field's own checks, then the few that involve two fields. Raises UserError naming the option."""
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                bad(field.name, f"must be a finite number, got {value}")
-        if self.dataset not in DATASETS:
-            bad("dataset", f"unknown dataset '{self.dataset}'; choose one of {', '.join(DATASETS)}")
-        if self.backbone not in ARCHITECTURES:
-            bad("backbone", f"unknown backbone '{self.backbone}'; choose one of {', '.join(ARCHITECTURES)}")
-        if self.method not in METHODS:
-            bad("method", f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
-        if self.norm not in NORMS:
-            bad("norm", f"unknown norm '{self.norm}'; choose one of {', '.join(NORMS)}")
-        unknown_augs = [name for name in self.removed_augmentations() if name not in REMOVABLE]
-        if unknown_augs:
-            bad("aug_remove", f"unknown augmentation '{unknown_augs[0]}'; choose from {', '.join(REMOVABLE)}")
-        if self.negatives_beta < 0:
-            bad("negatives_beta", f"must not be negative, got {self.negatives_beta}")
-        if self.temperature <= 0:
-            bad("temperature", f"must be positive, got {self.temperature}")
+            problem = field_problem(field, getattr(self, field.name))
+            if problem:
+                raise UserError(f"{flag(field.name)}: {problem}")
         if self.method != "byol" and (not self.predictor or self.negatives_beta):
-            bad("method", "--no-predictor and --negatives-beta are BYOL ablations; use them with --method byol")
-        if self.stem not in STEMS:
-            bad("stem", f"unknown stem '{self.stem}'; choose one of {', '.join(STEMS)}")
-        if self.knn_every < 0:
-            bad("knn_every", "must be 0 (off) or a number of epochs")
-        for name in ("epochs", "batch_size", "log_every", "knn_bank", "knn_test", "checkpoint_every", "keep_checkpoints", "projection_dim",
-                     "projector_hidden_dim", "predictor_hidden_dim"):
-            if getattr(self, name) <= 0:
-                bad(name, f"must be positive, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            bad("batch_size", "must be at least 2: batch norm needs two images per batch")
-        if self.width <= 0:
-            bad("width", f"must be positive, got {self.width}")
-        if self.lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            bad("lr", "lr, weight decay and warm-up must not be negative")
-        if not 0 <= self.base_tau <= 1:
-            bad("base_tau", f"must be in [0, 1], got {self.base_tau}")
-        if self.optimizer not in ("lars", "sgd", "adamw"):
-            bad("optimizer", f"unknown optimizer '{self.optimizer}'; choose lars, sgd or adamw")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            bad("precision", f"unknown precision '{self.precision}'; choose auto, bf16, fp16 or fp32")
-        if self.image_size is not None and self.image_size < 8:
-            bad("image_size", f"{self.image_size} px is too small for a ResNet (at least 8)")
-        if not 0 < self.crop_min_scale <= 1:
-            bad("crop_min_scale", f"must be in (0, 1], got {self.crop_min_scale}")
+            raise UserError("--method: --no-predictor and --negatives-beta are BYOL ablations; use them with "
+                            "--method byol")
         if self.subset is not None and self.subset < self.batch_size:
-            bad("subset", f"{self.subset} images make no full batch of {self.batch_size}")
-        if not 0 <= self.max_bad_fraction <= 1:
-            bad("max_bad_fraction", f"must be in [0, 1], got {self.max_bad_fraction}")
-        if self.seed < 0:
-            bad("seed", f"must not be negative, got {self.seed}")
-        if self.stop_after_steps is not None and self.stop_after_steps <= 0:
-            bad("stop_after_steps", "must be positive")
+            raise UserError(f"--subset: {self.subset} images make no full batch of {self.batch_size}")
         return self
 
     def removed_augmentations(self) -> list[str]:
-        return [name.strip() for name in self.aug_remove.split(",") if name.strip()]
+        return split_list(self.aug_remove)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TRAJECTORY_KEYS = tuple(name for name, f in FIELDS.items() if f.metadata["trajectory"])
+RUNTIME_ONLY = tuple(name for name, f in FIELDS.items() if not f.metadata["saved"])
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def split_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def field_problem(field: dataclasses.Field, value) -> str | None:
+    """What is wrong with `value` for this field (not finite, not a choice, its check), or None."""
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    choices = field.metadata["choices"]
+    if choices is not None and value not in choices:
+        return f"unknown {field.name.replace('_', ' ')} '{value}'; choose one of {', '.join(choices)}"
+    check = field.metadata["check"]
+    return check(value) if check else None
+
+
+def check_options(values: dict) -> None:
+    """The fields' own checks on options given outside a TrainConfig (e.g. `byol bench`'s)."""
+    for name, value in values.items():
+        problem = field_problem(FIELDS[name], value)
+        if problem:
+            raise UserError(f"{flag(name)}: {problem}")
 
 
 def _coerce(name: str, value, source: str):
@@ -203,7 +276,7 @@ def read_yaml(path: Path | str, source: str | None = None) -> dict:
 
 def preset_values(name: str) -> dict:
     if name not in PRESETS:
-        raise UserError(f"unknown preset '{name}' (option --preset); choose one of {', '.join(PRESETS)}")
+        raise UserError(f"--preset: unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
     resource = resources.files("byol") / "presets" / f"{name}.yaml"
     with resources.as_file(resource) as path:
         return read_yaml(path, source=f"preset {name}")
@@ -221,8 +294,11 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
     return config.validate()
 
 
-# Per-invocation switches: a saved config.yaml leaves them out so it can be reused to resume.
-RUNTIME_ONLY = ("resume", "stop_after_steps")
+def changed_trajectory_keys(saved: dict, config: TrainConfig) -> list[str]:
+    """Options that change what a run learns and differ between a checkpoint's config and this one.
+    A key added since the checkpoint was written had its default then."""
+    defaults = TrainConfig()
+    return [k for k in TRAJECTORY_KEYS if saved.get(k, getattr(defaults, k)) != getattr(config, k)]
 
 
 def save_yaml(config: TrainConfig, path: Path, resolved: dict | None = None) -> None:

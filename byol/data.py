@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import struct
-import sys
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torchvision import datasets as torchvision_datasets
 
 from .errors import UserError
+from .logs import log
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "folder")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -173,10 +175,8 @@ def load_fashion_mnist(data: str | None, split: str, download: bool = True) -> I
 
 
 def load_cifar(name: str, data: str | None, split: str, download: bool = True) -> ImageDataset:
-    from torchvision import datasets
-
     root = Path(data) if data else cache_dir() / name
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    cls = torchvision_datasets.CIFAR10 if name == "cifar10" else torchvision_datasets.CIFAR100
     try:
         dataset = cls(str(root), train=(split == "train"), download=False)
     except RuntimeError:
@@ -242,8 +242,6 @@ def decode_image(path: Path, size: int) -> torch.Tensor:
     Converts what can be converted: CMYK, palette (GIF, with transparency), grey, RGBA (alpha
     dropped), 16- and 32-bit grey (scaled to 8 bits, not clipped), any size down to 1×1.
     """
-    from PIL import Image
-
     with Image.open(path) as image:
         image.load()  # decode now, so a truncated file fails here and not later
         image = _to_rgb(image)
@@ -258,8 +256,6 @@ def decode_image(path: Path, size: int) -> torch.Tensor:
 
 
 def _to_rgb(image):
-    from PIL import Image
-
     if image.mode.startswith("I") or image.mode == "F":
         # PIL's own I;16 → RGB conversion clips at 255, which turns most 16-bit images white.
         array = np.asarray(image, dtype=np.float64)
@@ -282,8 +278,6 @@ def try_decode(path: Path, size: int) -> torch.Tensor | None:
 
 def decode_or_reason(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
     """(`decode_image`, "") or (None, why the file is not a readable image)."""
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             # PIL warns about corrupt metadata of files it still decodes; a bad file gets a reason instead.
@@ -310,8 +304,8 @@ def dataset_images(dataset: ImageDataset, size: int) -> tuple[torch.Tensor, torc
         folder = dataset.files[0].parent
         if unreadable == len(dataset):
             raise UserError(f"{folder}: none of the {len(dataset)} images can be decoded")
-        print(f"warning: {unreadable} of {len(dataset)} images under {folder} could not be decoded and are left "
-              "out of this evaluation split", file=sys.stderr)
+        log.warning(f"{unreadable} of {len(dataset)} images under {folder} could not be decoded and are left "
+                    "out of this evaluation split")
     labels = dataset.labels[readable] if dataset.labels is not None else None
     return out[readable], labels, unreadable
 
@@ -349,14 +343,20 @@ class _FolderItems(torch.utils.data.Dataset):
 # ---------------------------------------------------------------- entry points
 
 
+# name → loader(data, split, load_size, download): the datasets `byol train --dataset` knows.
+DATASETS = {
+    "fashion-mnist": lambda data, split, load_size, download: load_fashion_mnist(data, split, download),
+    "cifar10": lambda data, split, load_size, download: load_cifar("cifar10", data, split, download),
+    "cifar100": lambda data, split, load_size, download: load_cifar("cifar100", data, split, download),
+    "folder": lambda data, split, load_size, download: load_folder(data, split, load_size),
+}
+
+
 def load_dataset(name: str, data: str | None, split: str, load_size: int = 224, download: bool = True) -> ImageDataset:
-    if name == "fashion-mnist":
-        return load_fashion_mnist(data, split, download)
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(name, data, split, download)
-    if name == "folder":
-        return load_folder(data, split, load_size)
-    raise UserError(f"unknown dataset '{name}' (option --dataset); choose one of {', '.join(DATASETS)}")
+    """Split `split` ("train" or "test") of dataset `name` from `DATASETS`, found at `data` or its usual places."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name](data, split, load_size, download)
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
@@ -367,8 +367,6 @@ def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
 def _ignore_interrupts(worker_id: int) -> None:
     """Ctrl-C reaches the whole process group; the training process handles it (checkpoint, then exit),
     so the decoding workers must not die under it first."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -426,8 +424,7 @@ class BatchStream:
         path = self.dataset.files[index]
         self.bad_files[index] = reason
         if len(self.bad_files) == 1:
-            print(f"warning: {path}: cannot be decoded ({reason}); skipped, and further unreadable images "
-                  "are counted", file=sys.stderr)
+            log.warning(f"{path}: cannot be decoded ({reason}); skipped, and further unreadable images are counted")
         # One bad file never stops a run on its own, unless the limit is 0 (strict).
         limit = max(1.0, self.max_bad_fraction * len(self.dataset)) if self.max_bad_fraction else 0.0
         if len(self.bad_files) > limit:

@@ -23,6 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
+
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,20 @@ class Context:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+    def main_decides(self, decide):
+        """`decide()` on rank 0, and its answer on every rank: its value, or the UserError it raised
+        (so every rank stops with the same one-line error instead of waiting for rank 0)."""
+        outcome = None
+        if self.is_main:
+            try:
+                outcome = ("value", decide())
+            except UserError as error:
+                outcome = ("error", str(error))
+        kind, value = broadcast_object(outcome)
+        if kind == "error":
+            raise UserError(value)
+        return value
 
     @contextmanager
     def main_first(self):
@@ -255,15 +272,11 @@ def wrap(learner: nn.Module, device: torch.device) -> nn.Module:
     """DDP around the learner when there are several ranks; the learner itself otherwise."""
     if not is_distributed():
         return learner
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The learner inside a DDP wrapper (its update_target, online_encoder, state_dict names)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 

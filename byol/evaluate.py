@@ -1,6 +1,6 @@
 """What an encoder is worth: kNN, linear probe, semi-supervised fine-tune, and the baselines beside them.
 
-Protocols (SPEC "Evaluation protocols", scaled down to what a CPU affords):
+Protocols (the paper's, scaled down to what a CPU affords; docs/method.md):
 - kNN: cosine similarity on L2-normalised features, weighted vote exp(sim / 0.07) over the k nearest
   training images, k = 200 and k = 20; top-1.
 - linear: frozen encoder, one linear layer on the pooled representation, SGD Nesterov momentum 0.9
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
 from .augment import EvalTransform, ViewConfig, crop_and_flip
 from .backbones import build_backbone
-from .checkpoint import ENCODER_FORMAT, EncoderInfo, load_checkpoint, load_weights
+from .checkpoint import ENCODER_FORMAT, EncoderInfo, TrainingState, load_weights
 from .errors import UserError
 
 # ---------------------------------------------------------------- loading an encoder
@@ -36,8 +37,6 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, EncoderInfo]:
     """The online encoder from a `checkpoint.pt` or `backbone.safetensors` written by `byol train`."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         state = load_weights(path)
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
@@ -45,16 +44,12 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, EncoderInfo]:
             raise UserError(f"{path}: no byol encoder metadata (was it written by `byol train` or `byol export`?)")
         info = EncoderInfo.from_metadata(meta)
     else:
-        checkpoint = load_checkpoint(path)
-        if "model" not in checkpoint or "encoder_info" not in checkpoint:
-            raise UserError(f"{path}: not a byol training checkpoint")
-        prefix = "online_encoder."
-        state = {k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
-        info = EncoderInfo.from_dict(checkpoint["encoder_info"])
-    encoder = build_backbone(info.backbone, info.width, info.image_size, info.in_channels, info.stem, info.norm)
+        checkpoint = TrainingState.load(path)
+        state, info = checkpoint.encoder_weights(), EncoderInfo.from_dict(checkpoint.encoder_info)
     try:
+        encoder = build_backbone(info.backbone, info.width, info.image_size, info.in_channels, info.stem, info.norm)
         encoder.load_state_dict(state)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise UserError(f"{path}: weights do not fit a {info.backbone} ({str(error).splitlines()[0]})") from None
     return encoder, info
 

@@ -4,8 +4,8 @@ Every learner has the same small surface, which is all the training loop uses:
     loss = learner(view1, view2)                       # or (loss, ViewOutputs) with return_outputs=True
     learner.update_target(tau)                         # after each optimizer step; a no-op without a target
     learner.online_encoder, learner.feature_dim, learner.projection_dim
-A new method (Barlow Twins, MoCo v2, VICReg…) is one more class here and one line in `METHODS`;
-BYOL's own code in model.py does not change.
+A new method (Barlow Twins, MoCo v2, VICReg…) is one more class here and one line in `METHODS`
+(name → builder); BYOL's own code in model.py does not change.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ from torch import nn
 from .distributed import gather
 from .loss import negative_cosine_loss, nt_xent_loss
 from .model import BYOL, MLPHead, ViewOutputs
-
-METHODS = ("byol", "simclr", "simsiam")
-
 
 class SimCLR(nn.Module):
     """Chen et al. 2020: one network, a projector, NT-Xent over the 2B views of a batch.
@@ -74,14 +71,30 @@ class SimSiam(nn.Module):
         """SimSiam has no target network."""
 
 
+def _byol(backbone, feature_dim, *, projection_dim, projector_hidden_dim, predictor_hidden_dim, predictor,
+          negatives_beta, temperature, norm):
+    return BYOL(backbone, feature_dim, projection_dim, projector_hidden_dim, predictor_hidden_dim,
+                predictor=predictor, negatives_beta=negatives_beta, temperature=temperature, norm=norm)
+
+
+def _simclr(backbone, feature_dim, *, projection_dim, projector_hidden_dim, temperature, norm, **_):
+    return SimCLR(backbone, feature_dim, projection_dim, projector_hidden_dim, temperature, norm)
+
+
+def _simsiam(backbone, feature_dim, *, projection_dim, projector_hidden_dim, predictor_hidden_dim, norm, **_):
+    return SimSiam(backbone, feature_dim, projection_dim, projector_hidden_dim, predictor_hidden_dim, norm)
+
+
+# name → builder(backbone, feature_dim, **options); each builder takes the options its method uses.
+METHODS = {"byol": _byol, "simclr": _simclr, "simsiam": _simsiam}
+
+
 def build_method(method: str, backbone: nn.Module, feature_dim: int, *, projection_dim: int = 256,
                  projector_hidden_dim: int = 4096, predictor_hidden_dim: int = 4096, predictor: bool = True,
                  negatives_beta: float = 0.0, temperature: float = 0.1, norm: str = "batch") -> nn.Module:
-    if method == "byol":
-        return BYOL(backbone, feature_dim, projection_dim, projector_hidden_dim, predictor_hidden_dim,
-                    predictor=predictor, negatives_beta=negatives_beta, temperature=temperature, norm=norm)
-    if method == "simclr":
-        return SimCLR(backbone, feature_dim, projection_dim, projector_hidden_dim, temperature, norm)
-    if method == "simsiam":
-        return SimSiam(backbone, feature_dim, projection_dim, projector_hidden_dim, predictor_hidden_dim, norm)
-    raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    """A learner by name from `METHODS`, around `backbone` (which maps images to `feature_dim` features)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    return METHODS[method](backbone, feature_dim, projection_dim=projection_dim,
+                           projector_hidden_dim=projector_hidden_dim, predictor_hidden_dim=predictor_hidden_dim,
+                           predictor=predictor, negatives_beta=negatives_beta, temperature=temperature, norm=norm)

@@ -1,6 +1,6 @@
 """BYOL's online and target networks around any backbone.
 
-Policies (SPEC "Networks" and "Target update"):
+Policies (the paper's networks and target update; docs/method.md):
 - The target starts as an exact copy of the online encoder and projector. The official code draws
   it from a different seed and reports no difference; a copy is the common choice and makes the
   τ=0 and τ=1 ablations mean exactly "stop-gradient online" and "fixed random target".
@@ -11,7 +11,7 @@ Policies (SPEC "Networks" and "Target update"):
   parameters only; buffers are neither averaged nor copied. This is what the official code does.
 - Each view goes through the networks separately, so batch-norm statistics are per view.
 
-Ablation switches (SPEC "Ablations"): `predictor=False` makes q the identity; `negatives_beta` adds
+Ablation switches (the paper's ablations): `predictor=False` makes q the identity; `negatives_beta` adds
 the appendix's contrastive term; `norm="group-ws"` uses GroupNorm + Weight Standardization in the
 heads (the backbone takes its own `norm`). τ is the caller's: 0 makes the target the online network
 under stop-gradient, 1 keeps the initial random target.

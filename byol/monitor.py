@@ -5,7 +5,6 @@
   RNG stream are exactly what they would be without it.
 - kNN monitor: every `knn_every` epochs, kNN top-1 (k=200, cosine, T=0.07) of a seeded test subset
   against a seeded training bank, with the encoder in eval mode (running statistics untouched).
-- TensorBoard scalars for every numeric field of metrics.jsonl.
 Under torchrun the probe is trained on every rank's slice with gradients averaged over ranks (and
 synchronized batch norm), so all ranks hold the same probe; the kNN monitor runs on rank 0 alone,
 with the encoder in eval mode, which needs no collective.
@@ -13,15 +12,15 @@ with the encoder in eval mode, which needs no collective.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import dataset_images, load_dataset
 from .distributed import all_reduce_sum, average_gradients, convert_sync_batchnorm, is_distributed
 from .errors import UserError
+from .evaluate import extract_features, knn_accuracy
+from .logs import log
 from .schedules import learning_rate
 
 
@@ -46,18 +45,17 @@ class Monitor:
             self.seen = torch.zeros((), device=device)
         self.bank = self.test = None
         if self.knn_every and has_labels and main:
-            from .data import dataset_images, load_dataset
+            self._load_knn_images(cfg, dataset, dataset.load_size or image_size)
 
-            size = dataset.load_size or image_size
-            try:
-                test = load_dataset(cfg.dataset, cfg.data, "test", load_size=size)
-            except UserError as error:
-                print(f"kNN monitor off: {error}", file=sys.stderr)
-            else:
-                bank = dataset.subset(cfg.knn_bank, cfg.seed + 1)
-                test = test.subset(cfg.knn_test, cfg.seed + 2)
-                self.bank = dataset_images(bank, size)[:2]
-                self.test = dataset_images(test, size)[:2]
+    def _load_knn_images(self, cfg, dataset, size: int) -> None:
+        """Seeded subsets of the training split (the bank) and of the test split, decoded once."""
+        try:
+            test = load_dataset(cfg.dataset, cfg.data, "test", load_size=size)
+        except UserError as error:
+            log.warning(f"kNN monitor off: {error}")
+            return
+        self.bank = dataset_images(dataset.subset(cfg.knn_bank, cfg.seed + 1), size)[:2]
+        self.test = dataset_images(test.subset(cfg.knn_test, cfg.seed + 2), size)[:2]
 
     # ---- online probe
 
@@ -93,8 +91,6 @@ class Monitor:
         return self.bank is not None and (epoch % self.knn_every == 0 or epoch == epochs)
 
     def knn(self, encoder: nn.Module, transform: nn.Module) -> float:
-        from .evaluate import extract_features, knn_accuracy
-
         bank = extract_features(encoder, self.bank[0], transform, self.device)
         test = extract_features(encoder, self.test[0], transform, self.device)
         return knn_accuracy(bank, self.bank[1], test, self.test[1], self.num_classes, k=200)
@@ -110,37 +106,3 @@ class Monitor:
         if self.probe is not None and state:
             self.probe.load_state_dict(state["probe"])
             self.optimizer.load_state_dict(state["optimizer"])
-
-    @staticmethod
-    def progress_fields(record: dict) -> dict:
-        fields = {}
-        if "probe_top1" in record:
-            fields["probe"] = round(record["probe_top1"], 1)
-        if "knn_top1" in record:
-            fields["knn"] = round(record["knn_top1"], 1)
-        return fields
-
-
-class TensorBoard:
-    """Scalars under `directory` (None: off). tensorboard is imported only when used."""
-
-    def __init__(self, directory: Path | None):
-        self.writer = None
-        if directory is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                print("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)", file=sys.stderr)
-                return
-            self.writer = SummaryWriter(str(directory))
-
-    def log(self, record: dict) -> None:
-        if self.writer is None:
-            return
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"train/{key}", value, record["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()

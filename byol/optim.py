@@ -1,6 +1,7 @@
-"""LARS as used by BYOL, and the parameter groups that exclude biases and norm parameters."""
+"""LARS as used by BYOL, the parameter groups that exclude biases and norm parameters, and the
+optimizers `byol train` can build by name (`OPTIMIZERS`)."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -92,3 +93,28 @@ class LARS(torch.optim.Optimizer):
                 buf.mul_(group["momentum"]).add_(grad, alpha=lr)
                 param.sub_(buf)
         return loss
+
+
+def _lars(groups: list[dict], momentum: float, trust_coefficient: float) -> torch.optim.Optimizer:
+    return LARS(groups, lr=0.0, momentum=momentum, trust_coefficient=trust_coefficient)
+
+
+def _sgd(groups: list[dict], momentum: float, trust_coefficient: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=0.0, momentum=momentum)
+
+
+def _adamw(groups: list[dict], momentum: float, trust_coefficient: float) -> torch.optim.Optimizer:
+    # β₁ = momentum; biases and norm parameters stay out of weight decay, as with LARS.
+    return torch.optim.AdamW(groups, lr=0.0, betas=(momentum, 0.999))
+
+
+# name → builder(param_groups, momentum, trust_coefficient); the LR is set by the caller every step.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"lars": _lars, "sgd": _sgd, "adamw": _adamw}
+
+
+def build_optimizer(name: str, model: nn.Module, weight_decay: float, momentum: float = 0.9,
+                    trust_coefficient: float = 1e-3) -> torch.optim.Optimizer:
+    """An optimizer from `OPTIMIZERS` over `lars_param_groups(model, weight_decay)`, at LR 0."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{name}'; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](lars_param_groups(model, weight_decay), momentum, trust_coefficient)

@@ -2,8 +2,8 @@
 
 Every peer gets our backbone (same architecture, width, stem), the same batch of uint8 images on
 the same device, and heads of the paper's size (4096 → 256). Everything else is the peer's own:
-its augmentation, its loss, its optimizer and its target update. Imports happen here, lazily, so the
-peers stay out of byol's runtime dependencies (`pip install 'byol[bench]'`).
+its augmentation, its loss, its optimizer and its target update. The peers are imported inside each
+step builder: they are optional (`pip install 'byol[bench]'`), never dependencies of byol.
 """
 
 from __future__ import annotations
@@ -13,20 +13,18 @@ import copy
 import torch
 
 from .backbones import build_backbone
-from .bench import random_images
-from .precision import autocast
+from .device import autocast
 
 
-def byol_pytorch_step(backbone: str, width: float, image_size: int, channels: int, batch_size: int,
-                      device: torch.device, amp_dtype):
+def byol_pytorch_step(backbone: str, width: float, image_size: int, images: torch.Tensor, amp_dtype):
     """lucidrains' byol-pytorch README: `learner(images)` (it augments inside, on the device), Adam 3e-4,
     then `update_moving_average()`."""
     from byol_pytorch import BYOL as LucidBYOL
 
-    encoder = build_backbone(backbone, width, image_size, channels)
+    device = images.device
+    encoder = build_backbone(backbone, width, image_size, images.shape[1])
     learner = LucidBYOL(encoder, image_size=image_size, hidden_layer="avgpool").to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=3e-4)
-    images = random_images(batch_size, channels, image_size, device)
 
     def step():
         with autocast(device, amp_dtype):
@@ -40,8 +38,7 @@ def byol_pytorch_step(backbone: str, width: float, image_size: int, channels: in
     return step
 
 
-def lightly_step(backbone: str, width: float, image_size: int, channels: int, batch_size: int,
-                 device: torch.device, amp_dtype):
+def lightly_step(backbone: str, width: float, image_size: int, images: torch.Tensor, amp_dtype):
     """lightly's examples/pytorch/byol.py: BYOLTransform on each image (as its DataLoader would, here in
     the timed step), heads from lightly.models.modules, NegativeCosineSimilarity, SGD 0.06,
     update_momentum with a cosine schedule."""
@@ -51,7 +48,8 @@ def lightly_step(backbone: str, width: float, image_size: int, channels: int, ba
     from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
     from torchvision.transforms.functional import to_pil_image
 
-    encoder = build_backbone(backbone, width, image_size, channels)
+    device = images.device
+    encoder = build_backbone(backbone, width, image_size, images.shape[1])
     online = torch.nn.ModuleDict({
         "backbone": encoder,
         "projection": BYOLProjectionHead(encoder.feature_dim, 4096, 256),
@@ -63,7 +61,7 @@ def lightly_step(backbone: str, width: float, image_size: int, channels: int, ba
     transform = BYOLTransform(BYOLView1Transform(input_size=image_size), BYOLView2Transform(input_size=image_size))
     criterion = NegativeCosineSimilarity()
     optimizer = torch.optim.SGD(online.parameters(), lr=0.06)
-    pictures = [to_pil_image(image) for image in random_images(batch_size, channels, image_size, torch.device("cpu"))]
+    pictures = [to_pil_image(image) for image in images.cpu()]  # its transforms take PIL images
 
     def predict(x):
         return online["prediction"](online["projection"](online["backbone"](x)))

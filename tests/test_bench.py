@@ -7,7 +7,7 @@ from byol import BYOL, LARS, BYOLAugment, build_backbone, lars_param_groups
 from byol import bench as bench_module
 from byol.bench import bench, count_flops, matmul_peak
 from byol.errors import UserError
-from byol.train import training_step
+from byol.trainer import training_step
 
 TINY = dict(backbone="resnet18", width=0.125, image_size=16, batch_size=8, steps=2, warmup=1, device="cpu",
             precision="fp32")

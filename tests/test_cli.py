@@ -1,12 +1,11 @@
 import dataclasses
 
-from byol.cli import TRAIN_OPTION_NAMES, build_parser, config_from_args
+from byol.cli import build_parser, config_from_args
 from byol.config import TrainConfig
 
 
 def test_every_config_field_is_a_train_option():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert fields == set(TRAIN_OPTION_NAMES)
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     dests = {action.dest for action in train._actions}
     assert fields <= dests

@@ -25,7 +25,7 @@ from byol.distributed import (
     unwrap,
     wrap,
 )
-from byol.train import build_learner, build_optimizer, training_step
+from byol.trainer import build_learner, optimizer_for, training_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(width=0.125, projection_dim=16, projector_hidden_dim=32, predictor_hidden_dim=32, weight_decay=1e-4)
@@ -62,7 +62,7 @@ def _two_steps(overrides: dict, images: torch.Tensor) -> dict:
     learner = build_learner(cfg, channels=1, image_size=16)
     if world > 1:
         learner = convert_sync_batchnorm(learner, torch.device("cpu"))
-    optimizer = build_optimizer(cfg, learner)
+    optimizer = optimizer_for(cfg, learner)
     for group in optimizer.param_groups:
         group["lr"] = 0.05  # large enough to move every weight, small enough not to amplify round-off
     model = wrap(learner, torch.device("cpu"))
@@ -199,9 +199,9 @@ KILLER = """
 import os
 if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
     import signal
-    import byol.train
+    import byol.trainer
 
-    real_step, calls = byol.train.training_step, [0]
+    real_step, calls = byol.trainer.training_step, [0]
 
     def training_step(*args, **kwargs):
         if calls[0] == {step}:
@@ -209,7 +209,7 @@ if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT"
         calls[0] += 1
         return real_step(*args, **kwargs)
 
-    byol.train.training_step = training_step
+    byol.trainer.training_step = training_step
 """
 
 

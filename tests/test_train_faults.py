@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from byol import run_dir as run_dir_module
 from byol import train as train_module
+from byol import trainer as trainer_module
 from byol.checkpoint import load_checkpoint
 from byol.config import resolve
 from byol.errors import UserError
@@ -28,17 +30,17 @@ HOOK = """
 import os
 if os.environ.get("BYOL_TEST_SIGNAL"):
     import signal
-    import byol.train
+    import byol.trainer
 
     at_step, number = int(os.environ["BYOL_TEST_SIGNAL_STEP"]), getattr(signal, os.environ["BYOL_TEST_SIGNAL"])
-    real_learning_rate = byol.train.learning_rate
+    real_step = byol.trainer.Trainer.step
 
-    def learning_rate(step, *args, **kwargs):
+    def step(self, images, labels, step):
         if step == at_step:
             os.kill(os.getpid(), number)
-        return real_learning_rate(step, *args, **kwargs)
+        return real_step(self, images, labels, step)
 
-    byol.train.learning_rate = learning_rate
+    byol.trainer.Trainer.step = step
 """
 
 
@@ -106,7 +108,7 @@ def test_sigterm_and_ctrl_c_checkpoint_and_exit_cleanly_then_resume_bit_identica
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, fashion_dir, monkeypatch):
-    real_step, calls = train_module.training_step, [0]
+    real_step, calls = trainer_module.training_step, [0]
 
     def diverging_step(*args, **kwargs):
         loss, outputs = real_step(*args, **kwargs)
@@ -119,7 +121,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
             loss = loss * float("nan")
         return loss, outputs
 
-    monkeypatch.setattr(train_module, "training_step", diverging_step)
+    monkeypatch.setattr(trainer_module, "training_step", diverging_step)
     cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "run"), "log_every": 4,
                              "checkpoint_every": 1, "knn_every": 0})
     with pytest.raises(UserError) as error:
@@ -162,7 +164,7 @@ def test_full_disk_while_logging_stops_with_one_line_and_a_torn_line_does_not_bl
     out = tmp_path / "run"
     cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(out), "checkpoint_every": 2,
                              "knn_every": 0})
-    monkeypatch.setattr(train_module, "open", fake_open, raising=False)
+    monkeypatch.setattr(run_dir_module, "open", fake_open, raising=False)
     with pytest.raises(UserError) as error:
         train_module.train(cfg, quiet=True)
     assert "metrics.jsonl" in str(error.value) and "No space left on device" in str(error.value)

@@ -1,0 +1,198 @@
+"""One training step, and the Trainer that owns everything a step touches.
+
+`training_step` is the step itself (both views, loss, update, target EMA): `byol bench` times exactly
+this function, so its figures are the training loop's. `Trainer` builds learner, augmentation,
+optimizer and monitors from a config, restores them from a checkpoint, runs steps on its schedule,
+and writes the one definition of what a checkpoint holds (`state_dict`).
+
+Order that matters, kept by structure: `restore` must come before the first `step`, because the
+first step wraps the learner in DDP, whose first broadcast sends rank 0's weights to every rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from .augment import VIEW1, VIEW2, BYOLAugment, EvalTransform, without
+from .backbones import build_backbone, resolve_stem
+from .checkpoint import EncoderInfo, TrainingState
+from .config import TrainConfig, changed_trajectory_keys
+from .data import ImageDataset
+from .device import Runtime, autocast
+from .distributed import Context, all_reduce_sum, convert_sync_batchnorm, unwrap, wrap
+from .errors import UserError
+from .logs import log
+from .methods import build_method
+from .model import ViewOutputs
+from .monitor import Monitor
+from .optim import build_optimizer
+from .rng import augmentation_seed, rng_state, set_rng_state
+from .schedules import learning_rate, scaled_lr, target_tau
+
+
+def build_learner(cfg: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
+    """The configured method around the configured backbone, on the CPU, in the default memory format."""
+    backbone = build_backbone(cfg.backbone, cfg.width, image_size, channels, cfg.stem, cfg.norm)
+    return build_method(cfg.method, backbone, backbone.feature_dim, projection_dim=cfg.projection_dim,
+                        projector_hidden_dim=cfg.projector_hidden_dim, predictor_hidden_dim=cfg.predictor_hidden_dim,
+                        predictor=cfg.predictor, negatives_beta=cfg.negatives_beta, temperature=cfg.temperature,
+                        norm=cfg.norm)
+
+
+def optimizer_for(cfg: TrainConfig, learner: torch.nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over the learner's trainable parameters, at LR 0 (the schedule sets it)."""
+    return build_optimizer(cfg.optimizer, learner, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
+
+
+def build_augment(cfg: TrainConfig, image_size: int, mean, std) -> BYOLAugment:
+    """The two view pipelines with the configured crop scale and ablations."""
+    crop_scale, removed = (cfg.crop_min_scale, 1.0), cfg.removed_augmentations()
+    return BYOLAugment(image_size, mean, std, without(dataclasses.replace(VIEW1, crop_scale=crop_scale), removed),
+                       without(dataclasses.replace(VIEW2, crop_scale=crop_scale), removed))
+
+
+def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, images: torch.Tensor, tau: float,
+                  memory_format: torch.memory_format = torch.contiguous_format, amp_dtype: torch.dtype | None = None):
+    """One step on a batch already on the device: both views, loss, update, target EMA.
+
+    `learner` may be wrapped in DistributedDataParallel (gradients averaged over ranks). Returns the
+    loss and the learner's ViewOutputs, both still on the device.
+    """
+    view1, view2 = augment(images)
+    view1 = view1.contiguous(memory_format=memory_format)
+    view2 = view2.contiguous(memory_format=memory_format)
+    with autocast(images.device, amp_dtype):
+        loss, outputs = learner(view1, view2, return_outputs=True)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    unwrap(learner).update_target(tau)
+    return loss, outputs
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run is and what LR and τ each step uses: pure functions of the step."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    base_tau: float
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+        # The peak LR scales with the global batch, whatever the number of processes.
+        return cls(steps_per_epoch, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch),
+                   scaled_lr(cfg.lr, cfg.batch_size), cfg.base_tau)
+
+    def lr(self, step: int) -> float:
+        return learning_rate(step, self.total_steps, self.warmup_steps, self.peak_lr)
+
+    def tau(self, step: int) -> float:
+        return target_tau(step, self.total_steps, self.base_tau)
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor  # on the device, not synchronised
+    outputs: ViewOutputs
+    lr: float
+    tau: float
+
+
+class Trainer:
+    """Learner, augmentation, optimizer, grad scaler and monitors of one run, built from its config."""
+
+    def __init__(self, cfg: TrainConfig, dataset: ImageDataset, image_size: int, runtime: Runtime,
+                 context: Context, schedule: Schedule):
+        self.cfg, self.runtime, self.context, self.schedule = cfg, runtime, context, schedule
+        device = runtime.device
+        self.augment = build_augment(cfg, image_size, dataset.mean, dataset.std).to(device)
+        self.eval_transform = EvalTransform(image_size, dataset.mean, dataset.std).to(device)
+        learner = build_learner(cfg, dataset.channels, image_size)
+        self.sync_bn = context.world_size > 1 and cfg.sync_bn
+        if self.sync_bn:
+            learner = convert_sync_batchnorm(learner, device)
+        self.learner = learner.to(device).to(memory_format=runtime.memory_format)
+        self.optimizer = optimizer_for(cfg, self.learner)
+        if cfg.compile:
+            self.learner.compile()  # in place, so parameter names (and checkpoints) are those of the eager model
+        self.info = EncoderInfo(cfg.backbone, cfg.width, dataset.channels, image_size, self.learner.feature_dim,
+                                cfg.dataset, tuple(dataset.mean), tuple(dataset.std),
+                                resolve_stem(cfg.stem, image_size), cfg.norm)
+        self.monitor = Monitor(cfg, dataset, self.learner.feature_dim, image_size, device, schedule.total_steps,
+                               main=context.is_main)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp_dtype == torch.float16)
+        self._model = None  # the learner in DDP, made by the first step
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = wrap(self.learner, self.runtime.device)
+        return self._model
+
+    def restore(self, state: TrainingState, source: str) -> int:
+        """Load a checkpoint into every part; returns its step. Only before the first step."""
+        if self._model is not None:
+            raise RuntimeError("restore() after the first step: DDP has already broadcast the unrestored weights")
+        changed = changed_trajectory_keys(state.config, self.cfg)
+        if changed:
+            log.warning(f"resuming with changed settings: {', '.join(changed)}")
+        if state.world_size != self.context.world_size:
+            log.warning(f"resuming a {state.world_size}-process run with {self.context.world_size}: the global "
+                        "batch and data order are unchanged, the augmentation draws are not")
+        try:
+            self.learner.load_state_dict(state.model)
+            self.optimizer.load_state_dict(state.optimizer)
+            self.monitor.load_state_dict(state.monitor)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise UserError(f"{source}: does not match this configuration ({str(error).splitlines()[0]})") from None
+        if state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+        set_rng_state(state.rng)
+        return state.step
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
+        """Training step number `step` (0-based) on this rank's slice of the global batch."""
+        lr, tau = self.schedule.lr(step), self.schedule.tau(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(augmentation_seed(self.cfg.seed, step, self.context.rank))
+        loss, outputs = training_step(self.model, self.augment, self.optimizer, self.scaler,
+                                      images.to(self.runtime.device, non_blocking=True), tau,
+                                      self.runtime.memory_format, self.runtime.amp_dtype)
+        self.monitor.probe_step(outputs.representations[0], labels, step)
+        return StepResult(loss.detach(), outputs, lr, tau)
+
+    def check_finite(self, loss_sum: torch.Tensor, at_step: int, out: str) -> None:
+        """Never replace a good checkpoint with a diverged one: the loss since the last log and every
+        weight, checked on every rank (one all-reduce, one host sync)."""
+        weights_finite = torch.stack([torch.isfinite(p).all() for p in self.learner.parameters()]).all()
+        if not (torch.isfinite(all_reduce_sum(loss_sum)) & weights_finite):
+            raise UserError(f"the loss or the weights became non-finite before step {at_step}: lower --lr or use "
+                            f"--precision fp32; the last good checkpoint in {out} is kept")
+
+    def knn(self, epoch: int) -> float | None:
+        """The kNN monitor's top-1 when it is due at this epoch. Every rank calls it; rank 0 computes it in
+        eval mode (no collective inside) while the others wait."""
+        value = None
+        if self.context.is_main and self.monitor.knn_due(epoch, self.cfg.epochs):
+            value = self.monitor.knn(self.learner.online_encoder, self.eval_transform)
+        self.context.barrier()
+        return value
+
+    def state_dict(self, step: int) -> TrainingState:
+        return TrainingState(
+            step=step, config=self.cfg.to_dict(), world_size=self.context.world_size,
+            model=self.learner.state_dict(), optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            encoder_info=self.info.to_dict(), monitor=self.monitor.state_dict(), rng=rng_state())
+
+    def encoder_weights(self) -> dict[str, torch.Tensor]:
+        return self.learner.online_encoder.state_dict()
