@@ -1,7 +1,7 @@
 """Our batched augmentation (byol.BYOLAugment) against the same pipeline built from kornia.
 
 Decides whether byol keeps its hand-written augmentation (docs/performance.md). Both sides draw every
-parameter per image and run on the device; kornia is given the SPEC's settings for both views.
+parameter per image and run on the device; kornia is given the paper's settings for both views (docs/method.md).
 
     python benchmarks/augment_kornia.py [--device cpu] [--batch-size 256] [--image-size 32] [--repeats 10]
 """

@@ -19,7 +19,7 @@ from .collapse import is_collapsed
 from .config import TrainConfig, merge, resolve
 from .errors import UserError
 from .logs import log, verbosity
-from .report import pyplot, evaluate_encoder
+from .report import evaluate_encoder, pyplot
 from .run_dir import RunDir
 from .train import train
 

@@ -13,13 +13,15 @@ import typing
 from pathlib import Path
 
 from . import __version__
+from .ablate import run_suite
+from .bench import bench, format_result
 from .config import FIELDS, PRESETS, TrainConfig, check_options, flag, resolve
 from .data import DATASETS
 from .distributed import launched_as_main, launched_world_size
 from .errors import UserError
+from .report import embed, evaluate_encoder, export, format_table, parse_protocols, public, write_report
+from .train import train
 
-# Each command's module is imported when the command runs: `import byol.report` alone pulls in
-# matplotlib-free but torchvision-heavy code paths; keeping them out makes `byol --help` cheaper.
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
@@ -54,8 +56,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
-
     summary = train(config_from_args(args), quiet=args.quiet)
     if args.quiet and launched_as_main():  # under torchrun, one summary for the job
         print(json.dumps(summary))
@@ -64,8 +64,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .report import evaluate_encoder, format_table, parse_protocols, public, write_report
-
     protocols = parse_protocols(args.protocol)
     check_options({"device": args.device})
     run_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
@@ -83,16 +81,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .report import embed
-
     check_options({"device": args.device})
     print(json.dumps(embed(args.checkpoint, args.data, args.out, args.device, args.batch_size)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .report import export
-
     print(json.dumps(export(args.checkpoint, args.out)))
     return 0
 
@@ -102,8 +96,6 @@ BENCH_DEFAULTS = {"image_size": 32, "batch_size": 64}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench, format_result
-
     check_options({name: getattr(args, name) for name in BENCH_OPTIONS})
     compare = tuple(p.strip() for p in (args.compare or "").split(",") if p.strip())
     result = bench(args.backbone, args.width, args.image_size, args.batch_size, args.steps, args.warmup, args.device,
@@ -113,8 +105,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablate import run_suite
-
     table = run_suite(args.suite, args.preset, args.out, args.config, quiet=args.quiet)
     print(table.read_text())
     print(f"written: {table}, {table.with_suffix('.png')}")
@@ -149,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command("train", "pre-train an encoder with BYOL", cmd_train)
     train.usage = "byol train [--preset NAME] [--config FILE] [OPTION ...]"
-    train.add_argument("--preset", choices=PRESETS, help="starting configuration (smoke: <60 s check; cpu-quickstart; gpu)")
+    train.add_argument("--preset", choices=PRESETS,
+                       help="starting configuration (smoke: <60 s check; cpu-quickstart; gpu)")
     train.add_argument("--config", metavar="FILE", help="YAML file of options (applied after the preset)")
     add_config_arguments(train)
     train.add_argument("--quiet", action="store_true", help="no progress output; a JSON summary on stdout")
@@ -160,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", choices=tuple(DATASETS), help="default: the dataset the encoder was trained on")
     evaluate.add_argument("--data", metavar="PATH")
     evaluate.add_argument("--device", default="auto", help=FIELDS["device"].metadata["help"])
-    evaluate.add_argument("--out", metavar="DIR", help="where eval.json and plots go (default: the checkpoint's folder)")
+    evaluate.add_argument("--out", metavar="DIR",
+                          help="where eval.json and plots go (default: the checkpoint's folder)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip random-init and raw-pixel baselines")
     evaluate.add_argument("--linear-epochs", type=int, default=30)
     evaluate.add_argument("--semi-epochs", type=int, default=30)

@@ -17,6 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .collapse import is_collapsed
 
 log = logging.getLogger("byol")
@@ -54,8 +56,6 @@ class Progress:
         self.bar = None
         self.last_print = 0.0
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm  # only on a terminal; tqdm is a dependency, the import is cheap either way
-
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, total: int, fields: dict) -> None:

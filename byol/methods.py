@@ -17,6 +17,7 @@ from .distributed import gather
 from .loss import negative_cosine_loss, nt_xent_loss
 from .model import BYOL, MLPHead, ViewOutputs
 
+
 class SimCLR(nn.Module):
     """Chen et al. 2020: one network, a projector, NT-Xent over the 2B views of a batch.
 

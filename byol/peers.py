@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torchvision.transforms.functional import to_pil_image
 
 from .backbones import build_backbone
 from .device import autocast
@@ -46,7 +47,6 @@ def lightly_step(backbone: str, width: float, image_size: int, images: torch.Ten
     from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
     from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
-    from torchvision.transforms.functional import to_pil_image
 
     device = images.device
     encoder = build_backbone(backbone, width, image_size, images.shape[1])

@@ -134,7 +134,8 @@ def _semi_supervised(checkpoint, info, splits: LabelledSplits, device, baselines
         index = balanced_subset(splits.train_labels, fraction, seed)
         subsets[name] = index.tolist()
         log.info(f"eval: semi-supervised fine-tune on {name} ({len(index)} labels)")
-        for prefix, make in (("", lambda: load_encoder(checkpoint)[0]), ("random_init_", lambda: random_encoder(info, seed))):
+        makers = {"": lambda: load_encoder(checkpoint)[0], "random_init_": lambda: random_encoder(info, seed)}
+        for prefix, make in makers.items():
             if prefix and not baselines:
                 continue
             result = fine_tune(make(), info.feature_dim, splits.train_images[index], splits.train_labels[index],

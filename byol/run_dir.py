@@ -69,7 +69,8 @@ class RunDir:
             self.truncate_metrics(step)
         self.path.mkdir(parents=True, exist_ok=True)
         save_yaml(config, self.config, resolved=resolved)
-        self._metrics_file = open(self.metrics, "a")
+        # Held open for the run (closed by close()), so a logged step costs one write and flush.
+        self._metrics_file = open(self.metrics, "a")  # noqa: SIM115
 
     # ---- metrics.jsonl
 

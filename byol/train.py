@@ -161,8 +161,9 @@ def training_data(cfg: TrainConfig, runtime: Runtime, context: Context) -> tuple
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training images")
     world_size = context.world_size
     if world_size > 1 and not cfg.sync_bn and cfg.batch_size // world_size < 2:
-        raise UserError(f"--batch-size {cfg.batch_size} over {world_size} processes leaves {cfg.batch_size // world_size} "
-                        "image per process, too few for per-process batch norm: use --sync-bn or a larger batch")
+        raise UserError(f"--batch-size {cfg.batch_size} over {world_size} processes leaves "
+                        f"{cfg.batch_size // world_size} image per process, too few for per-process batch norm: use "
+                        "--sync-bn or a larger batch")
     stream = BatchStream(dataset, cfg.batch_size, cfg.workers, pin_memory=runtime.device.type == "cuda",
                          rank=context.rank, world_size=world_size, max_bad_fraction=cfg.max_bad_fraction)
     return dataset, stream
@@ -188,12 +189,14 @@ def finish(cfg: TrainConfig, trainer: Trainer, stream: BatchStream, run: RunDir,
     """The summary; for a finished run, the encoder and summary.json; otherwise how to continue.
     `trained`: the steps this invocation took (a resumed run started later)."""
     total_steps = trainer.schedule.total_steps
-    bad_images = int(all_reduce_sum(torch.tensor(stream.bad_images, device=trainer.runtime.device)))  # NCCL: device tensors
+    # NCCL reduces device tensors only.
+    bad_images = int(all_reduce_sum(torch.tensor(stream.bad_images, device=trainer.runtime.device)))
     if bad_images:
         log.warning(f"{bad_images} images could not be decoded and were skipped (their batch slots went to the "
                     "next readable image)")
     summary = {"steps": step, "total_steps": total_steps, "epochs": step / trainer.schedule.steps_per_epoch,
-               "final_loss": last_loss, "wall_s": wall, "images_per_s": trained * cfg.batch_size / wall if trained else None,
+               "final_loss": last_loss, "wall_s": wall,
+               "images_per_s": trained * cfg.batch_size / wall if trained else None,
                "world_size": context.world_size, "out": str(run.path), "finished": step >= total_steps,
                "bad_images": bad_images}
     resume = f"continue with: byol train --config {run.config} --resume"

@@ -78,3 +78,23 @@ def test_every_bad_input_is_one_line_naming_the_option_or_file_with_exit_2(tmp_p
         assert code == 2, (argv, error)
         assert error.count("\n") == 1 and "Traceback" not in error and named in error, (argv, error)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_help_shows_each_options_default_and_choices(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size N global images per step" in text and "(default: 256)" in text
+    assert "{byol,simclr,simsiam}" in text and "--tau-base" in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    assert "(default: 32)" in capsys.readouterr().out  # bench's own default for a shared option
+
+
+def test_bench_options_are_checked_like_train_options(capsys):
+    from byol.cli import main
+
+    assert main(["bench", "--width", "-1", "--steps", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "byol: error: --width: must be positive, got -1.0"

@@ -57,3 +57,47 @@ def test_saved_config_reads_back_to_the_same_config(tmp_path):
     save_yaml(cfg, tmp_path / "config.yaml", resolved={"world_size": 1})
     again = resolve(config_file=str(tmp_path / "config.yaml"))
     assert again == resolve("smoke", overrides={"channels_last": False})
+
+
+def test_each_option_is_written_once_with_its_help_and_the_registries_choices():
+    from byol.backbones import ARCHITECTURES, STEMS
+    from byol.config import FIELDS
+    from byol.data import DATASETS
+    from byol.methods import METHODS
+    from byol.optim import OPTIMIZERS
+
+    assert all(f.metadata["help"] for f in FIELDS.values())
+    for name, registry in (("dataset", DATASETS), ("backbone", ARCHITECTURES), ("method", METHODS),
+                           ("optimizer", OPTIMIZERS), ("stem", STEMS)):
+        assert FIELDS[name].metadata["choices"] == tuple(registry), name
+
+
+def test_trajectory_and_runtime_keys_are_derived_from_the_fields():
+    from byol.config import RUNTIME_ONLY, TRAJECTORY_KEYS
+
+    # what the hand-written lists held before the options carried this themselves
+    assert set(TRAJECTORY_KEYS) == {
+        "dataset", "subset", "image_size", "crop_min_scale", "aug_remove", "method", "predictor", "negatives_beta",
+        "temperature", "norm", "backbone", "stem", "width", "projection_dim", "projector_hidden_dim",
+        "predictor_hidden_dim", "sync_bn", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
+        "weight_decay", "trust_coefficient", "base_tau", "precision", "seed"}
+    assert set(RUNTIME_ONLY) == {"resume", "stop_after_steps"}
+
+
+def test_changed_trajectory_keys_compare_missing_keys_with_their_defaults():
+    from byol.config import changed_trajectory_keys
+
+    cfg = TrainConfig()
+    saved = {k: v for k, v in cfg.to_dict().items() if k != "stem"}  # a checkpoint from before --stem existed
+    assert changed_trajectory_keys(saved, cfg) == []
+    assert changed_trajectory_keys({**saved, "lr": 1.0, "out": "elsewhere"}, cfg) == ["lr"]
+
+
+@pytest.mark.parametrize("values, named", [({"stem": "big"}, "--stem: unknown stem 'big'"),
+                                           ({"width": -1.0}, "--width: must be positive"),
+                                           ({"device": "gpu!"}, "--device: unknown device")])
+def test_options_checked_outside_a_config_name_the_option(values, named):
+    from byol.config import check_options
+
+    with pytest.raises(UserError, match=named):
+        check_options(values)

@@ -45,3 +45,18 @@ def test_choosing_a_precision_leaves_the_initial_weights_alone(amx, monkeypatch)
     resolve_precision("auto", CPU)
     describe_precision("auto", CPU, None)
     assert torch.equal(torch.randn(4), expected)
+
+
+def test_devices_resolve_or_say_why_not(monkeypatch):
+    from byol.device import memory_format_for, resolve_device
+    from byol.errors import UserError
+
+    assert resolve_device("cpu") == CPU
+    with pytest.raises(UserError, match="unknown device 'gpu!'"):
+        resolve_device("gpu!")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="CUDA is not available"):
+        resolve_device("cuda:1")
+    assert memory_format_for(None, CPU) is torch.channels_last
+    assert memory_format_for(False, CPU) is torch.contiguous_format
+    assert memory_format_for(None, torch.device("mps")) is torch.contiguous_format

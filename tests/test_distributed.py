@@ -228,3 +228,16 @@ def test_killed_worker_restarts_from_the_last_checkpoint_to_the_uninterrupted_we
     killed = load_file(str(out / "backbone.safetensors"))
     assert all(torch.equal(killed[k], weights[k]) for k in weights)
     assert [r["step"] for r in _metrics(out)] == [r["step"] for r in _metrics(straight)]
+
+
+def test_rank_zero_decides_and_a_user_error_reaches_every_rank_as_itself():
+    from byol.distributed import Context
+    from byol.errors import UserError
+
+    assert Context().main_decides(lambda: 42) == 42
+
+    def refuse():
+        raise UserError("runs/x/checkpoint.pt exists")
+
+    with pytest.raises(UserError, match="checkpoint.pt exists"):
+        Context().main_decides(refuse)

@@ -1,4 +1,4 @@
-"""Each ablation switch and baseline does what it claims (SPEC "Ablations")."""
+"""Each ablation switch and baseline does what it claims (the paper's ablations, docs/method.md)."""
 
 import copy
 
