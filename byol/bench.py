@@ -53,20 +53,43 @@ def count_flops(step: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """FLOP/s of a large square matmul at `dtype` on `device`: the roof the step is measured against."""
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
+def best_rate(fn: Callable[[], object], flops: float, device: torch.device, seconds: float) -> float:
+    """Best FLOP/s of `fn` (`flops` per call) over three timed runs of about seconds/3 each, each run
+    synchronised once at its end, after an untimed call."""
+    fn()
     _sync(device)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        calls += 1
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    calls = max(1, int(seconds / 3 / max(time.perf_counter() - start, 1e-9)))
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
         _sync(device)
-    return 2 * n**3 * calls / (time.perf_counter() - start)
+        best = max(best, flops * calls / max(time.perf_counter() - start, 1e-9))
+    return best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 2.0) -> tuple[float, str]:
+    """The roof a step is measured against: the best FLOP/s of square matmuls and of 3×3 channels-last
+    convolutions (the kernels a ResNet step runs) at several sizes, in this process's threads and dtype.
+    A matmul alone under-measured it on an AMD CPU, where the step then showed 175% (docs/performance.md)."""
+    cuda = device.type == "cuda"
+    generator = torch.Generator(device).manual_seed(0)  # leaves the global RNG alone
+    candidates = []
+    for n in (4096, 8192) if cuda else (1024, 2048):
+        a, b = (torch.randn(n, n, device=device, generator=generator).to(dtype) for _ in range(2))
+        candidates.append((best_rate(lambda a=a, b=b: a @ b, 2 * n**3, device, seconds / 4), f"matmul {n}²"))
+    for channels, side, batch in ((256, 32, 128), (512, 16, 128)) if cuda else ((256, 16, 32), (512, 8, 64)):
+        x = torch.randn(batch, channels, side, side, device=device, generator=generator).to(dtype)
+        w = torch.randn(channels, channels, 3, 3, device=device, generator=generator).to(dtype)
+        x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+        flops = 2 * batch * channels * channels * 9 * side * side
+        candidates.append((best_rate(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), flops, device,
+                                     seconds / 4), f"conv3x3 {channels}ch {side}px"))
+    return max(candidates)
 
 
 def peak_memory_mb(device: torch.device) -> tuple[str, float]:
@@ -103,6 +126,8 @@ def _our_step(backbone: str, width: float, image_size: int, images: torch.Tensor
     flops = count_flops(step)  # eager: the flop counter cannot see inside compiled graphs; the maths is the same
     if compile_model:
         learner.compile()  # in place: parameter names and checkpoints stay the same
+        if runtime.device.type == "cuda":
+            augment.compile()  # as `byol train --compile` does: sync-free there, so no graph breaks
     return step, augment_only, flops
 
 
@@ -117,6 +142,7 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
         raise UserError(f"--compare: unknown peer '{unknown[0]}'; choose from {', '.join(PEERS)}")
     torch.manual_seed(0)
     runtime = Runtime.resolve(resolve_device(device), precision, channels_last)
+    runtime.prepare()
     dev = runtime.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -124,7 +150,7 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
     step, augment_only, flops_per_step = _our_step(backbone, width, image_size, images, runtime, compile_model, stem)
     seconds = statistics.median(time_steps(step, dev, steps, warmup))
     augment_seconds = statistics.median(time_steps(augment_only, dev, steps, 1))
-    peak = matmul_peak(dev, runtime.amp_dtype or torch.float32)
+    peak, peak_kind = peak_flops(dev, runtime.amp_dtype or torch.float32)
     memory_key, memory = peak_memory_mb(dev)
     result = {
         "device": device_name(dev), "backbone": backbone, "width": width, "stem": stem, "image_size": image_size,
@@ -134,11 +160,15 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
         "ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds,
         "augment_ms_per_step": 1000 * augment_seconds, "augment_fraction": augment_seconds / seconds,
         "flops_per_image": flops_per_step / batch_size if flops_per_step else None,
-        "peak_flops": peak, memory_key: memory,
+        "peak_flops": peak, "peak_kind": peak_kind, memory_key: memory,
     }
     if flops_per_step:
         result["achieved_flops"] = flops_per_step / seconds
         result["utilization"] = result["achieved_flops"] / peak
+        if result["utilization"] > 1:
+            result["utilization_note"] = (
+                "above 100%: the step ran faster than the best matmul and convolution measured here, so the "
+                "measured peak is below the hardware's (another kernel, or clocks that rose during the step)")
     result["compare"] = {peer: bench_peer(peer, backbone, width, image_size, images, runtime, steps, warmup,
                                           result["images_per_s"]) for peer in compare}
     return result
@@ -182,8 +212,10 @@ def format_result(result: dict) -> str:
         f"step         {fmt(result['ms_per_step'])} ms  ({fmt(result['images_per_s'])} images/s)",
         f"augment      {fmt(result['augment_ms_per_step'])} ms per step ({100 * result['augment_fraction']:.1f}%)",
         f"FLOPs/image  {fmt(result['flops_per_image'], 1e9, 2, ' GFLOP')}",
-        f"achieved     {fmt(result.get('achieved_flops'), 1e9, 1, ' GFLOP/s')} of a measured matmul peak "
-        f"{fmt(result['peak_flops'], 1e9, 1, ' GFLOP/s')}: utilization {fmt(100 * result['utilization'] if result.get('utilization') else None, 1, 1, '%')}",
+        f"achieved     {fmt(result.get('achieved_flops'), 1e9, 1, ' GFLOP/s')} of a measured peak "
+        f"{fmt(result['peak_flops'], 1e9, 1, ' GFLOP/s')} ({result['peak_kind']}): utilization "
+        f"{fmt(100 * result['utilization'] if result.get('utilization') else None, 1, 1, '%')}"
+        + (f" — {result['utilization_note']}" if "utilization_note" in result else ""),
         f"memory       {fmt(result[memory_key], 1, 0, ' MB')} ({memory_key})",
     ]
     for peer, peer_result in result["compare"].items():

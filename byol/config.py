@@ -146,8 +146,10 @@ class TrainConfig:
                       trajectory=False)
     log_every: int = option(10, "steps between metrics.jsonl lines (each one a host-device sync)", check=positive,
                             trajectory=False, metavar="STEPS")
-    checkpoint_every: int = option(500, "steps between checkpoints (one is also written at every epoch end)",
-                                   check=positive, trajectory=False, metavar="STEPS")
+    checkpoint_every: int = option(500, "steps between checkpoints", check=positive, trajectory=False,
+                                   metavar="STEPS")
+    checkpoint_epochs: int = option(1, "epochs between end-of-epoch checkpoints (0: only every --checkpoint-every "
+                                    "steps)", check=non_negative, trajectory=False, metavar="EPOCHS")
     keep_checkpoints: int = option(1, "also keep the K most recent checkpoints as checkpoint-step<N>.pt",
                                    check=positive, trajectory=False, metavar="K")
     knn_every: int = option(1, "epochs between kNN monitor evaluations (0: off); needs labels", check=epochs_or_off,

@@ -95,6 +95,12 @@ class Runtime:
     def resolve(cls, device: torch.device, precision: str, channels_last: bool | None) -> Runtime:
         return cls(device, resolve_precision(precision, device), memory_format_for(channels_last, device), precision)
 
+    def prepare(self) -> None:
+        """Process-wide settings for this device: on CUDA, cuDNN picks the fastest convolution algorithm
+        for each shape once (every step has the same shapes, so the search pays off after a few steps)."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
     def describe_precision(self) -> str:
         return describe_precision(self.precision, self.device, self.amp_dtype)
 

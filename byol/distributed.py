@@ -5,9 +5,12 @@ Policies:
 - The configured batch size is the *global* batch: each of W ranks takes a B/W slice of the same
   global batch a single process would use, so the data order does not depend on W.
 - Batch norm is synchronized across ranks by default (the paper's cross-replica BN), in the online
-  and the target networks: W ranks × B/W then compute what one process computes with batch B. On
-  CUDA that is `torch.nn.SyncBatchNorm`; torch's version refuses CPU tensors, so elsewhere (gloo)
-  `SyncBatchNorm` below does the same arithmetic with autograd-aware all-reduces.
+  and the target networks: W ranks × B/W then compute what one process computes with batch B. The
+  `SyncBatchNorm` below does it on every device with one autograd-aware all-reduce per call.
+  `torch.nn.SyncBatchNorm` refuses CPU tensors, and on CUDA it masks ranks with an empty batch by a
+  boolean index, a host-device sync per call; here every rank always has the same per-process batch,
+  so no mask is needed (torch's stays available: `convert_sync_batchnorm(..., implementation="torch")`).
+  Because synchronized running statistics agree on every rank, DDP does not re-broadcast buffers.
 - Contrastive terms (SimCLR, BYOL's negatives ablation) see the whole global batch as negatives
   through `gather`, whose backward sums the gradient over ranks.
 Outside torchrun (WORLD_SIZE unset or 1) every function here is a no-op, so one code path serves both.
@@ -243,9 +246,12 @@ class SyncBatchNorm(_BatchNorm):
         return y.to(x.dtype)
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm*d in `module` synchronized across ranks: torch's fused kernel on CUDA, ours elsewhere."""
-    if device.type == "cuda":
+def convert_sync_batchnorm(module: nn.Module, device: torch.device, implementation: str = "byol") -> nn.Module:
+    """Every BatchNorm*d in `module` synchronized across ranks: ours (any device, no host sync), or
+    torch's fused CUDA kernel (`implementation="torch"`, CUDA only)."""
+    if implementation == "torch":
+        if device.type != "cuda":
+            raise ValueError("torch's SyncBatchNorm runs on CUDA only")
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _convert(module)
 
@@ -269,10 +275,14 @@ def _convert(module: nn.Module) -> nn.Module:
 
 
 def wrap(learner: nn.Module, device: torch.device) -> nn.Module:
-    """DDP around the learner when there are several ranks; the learner itself otherwise."""
+    """DDP around the learner when there are several ranks; the learner itself otherwise. Buffers are
+    re-broadcast from rank 0 each step only when some batch norm keeps per-process statistics."""
     if not is_distributed():
         return learner
-    return DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None)
+    per_process_norm = any(isinstance(m, _BatchNorm) and not isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm))
+                           for m in learner.modules())
+    return DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=per_process_norm)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -64,8 +64,12 @@ def random_encoder(info: EncoderInfo, seed: int = 0) -> nn.Module:
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, transform: nn.Module, device: torch.device,
-                     batch_size: int = 512) -> torch.Tensor:
-    """Pooled representations (N, D) in float32 of uint8 images (N, C, H, W), encoder in eval mode."""
+                     batch_size: int = 512, keep_on_device: bool = False) -> torch.Tensor:
+    """Pooled representations (N, D) in float32 of uint8 images (N, C, H, W), encoder in eval mode.
+
+    On CUDA each chunk goes up from pinned memory without blocking, and the features stay on the
+    device until the end (one copy back, unless `keep_on_device`), so the host never waits per chunk.
+    """
     was_training = encoder.training
     encoder.eval()
     weight = next(encoder.parameters())
@@ -73,10 +77,14 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, transform: nn.Mod
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     chunks = []
     for start in range(0, len(images), batch_size):
-        x = transform(images[start:start + batch_size].to(device)).contiguous(memory_format=memory_format)
-        chunks.append(encoder(x).float().cpu())
+        chunk = images[start:start + batch_size]
+        if device.type == "cuda" and chunk.device.type == "cpu":
+            chunk = chunk.pin_memory()
+        x = transform(chunk.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+        chunks.append(encoder(x).float())
     encoder.train(was_training)
-    return torch.cat(chunks) if chunks else torch.empty(0)
+    features = torch.cat(chunks) if chunks else torch.empty(0, device=device)
+    return features if keep_on_device else features.cpu()
 
 
 def pixel_features(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -91,22 +99,27 @@ def pixel_features(images: torch.Tensor, mean, std) -> torch.Tensor:
 @torch.no_grad()
 def knn_predict_many(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                      ks: tuple[int, ...], num_classes: int, temperature: float = 0.07,
-                     chunk: int = 1024) -> dict[int, torch.Tensor]:
-    """Class scores (N_test, classes) for each k from one similarity pass: the k nearest are a prefix of the
-    largest k's sorted neighbours, so k=20 beside k=200 costs no second matmul over the bank."""
-    bank = F.normalize(train_features.float(), dim=1)
+                     chunk: int = 1024, device: torch.device | None = None) -> dict[int, torch.Tensor]:
+    """Class scores (N_test, classes) on the CPU for each k from one similarity pass: the k nearest are a
+    prefix of the largest k's sorted neighbours, so k=20 beside k=200 costs no second matmul over the bank.
+
+    Similarities, top-k and votes are computed on `device` (default: where the bank is), `chunk` test
+    images at a time, so memory holds chunk × bank similarities, never test × bank."""
+    device = device or train_features.device
+    bank = F.normalize(train_features.to(device).float(), dim=1)
+    bank_labels = train_labels.to(device)
     widest = min(max(ks), len(bank))
     scores = {k: [] for k in ks}
     for start in range(0, len(test_features), chunk):
-        query = F.normalize(test_features[start:start + chunk].float(), dim=1)
+        query = F.normalize(test_features[start:start + chunk].to(device).float(), dim=1)
         similarity, index = (query @ bank.T).topk(widest, dim=1)
         weights = (similarity / temperature).exp()
-        neighbour_labels = train_labels[index]
+        neighbour_labels = bank_labels[index]
         for k in ks:
-            votes = torch.zeros(len(query), num_classes)
+            votes = torch.zeros(len(query), num_classes, device=device)
             votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
             scores[k].append(votes)
-    return {k: torch.cat(parts) for k, parts in scores.items()}
+    return {k: torch.cat(parts).cpu() for k, parts in scores.items()}
 
 
 def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, k: int,
@@ -122,15 +135,17 @@ def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> fl
 
 
 def knn_accuracies(train_features, train_labels, test_features, test_labels, num_classes, ks=(200, 20),
-                   temperature=0.07) -> dict[int, float]:
+                   temperature=0.07, device: torch.device | None = None) -> dict[int, float]:
     """Top-1 for each k in `ks`, from one pass over the bank."""
-    scores = knn_predict_many(train_features, train_labels, test_features, tuple(ks), num_classes, temperature)
-    return {k: top_k_accuracy(s, test_labels) for k, s in scores.items()}
+    scores = knn_predict_many(train_features, train_labels, test_features, tuple(ks), num_classes, temperature,
+                              device=device)
+    return {k: top_k_accuracy(s, test_labels.cpu()) for k, s in scores.items()}
 
 
 def knn_accuracy(train_features, train_labels, test_features, test_labels, num_classes, k=200,
-                 temperature=0.07) -> float:
-    return knn_accuracies(train_features, train_labels, test_features, test_labels, num_classes, (k,), temperature)[k]
+                 temperature=0.07, device: torch.device | None = None) -> float:
+    return knn_accuracies(train_features, train_labels, test_features, test_labels, num_classes, (k,), temperature,
+                          device)[k]
 
 
 # ---------------------------------------------------------------- linear probe on features
@@ -144,14 +159,14 @@ def _fit_linear(features, labels, num_classes, weight_decays, epochs, batch_size
     weight decay (the probes were most of `byol eval`'s time)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    first = nn.Linear(features.shape[1], num_classes)
+    first = nn.Linear(features.shape[1], num_classes).to(features.device)  # drawn on the CPU on every device
     heads = [first] + [copy.deepcopy(first) for _ in weight_decays[1:]]
-    optimizer = torch.optim.SGD([{"params": head.parameters(), "weight_decay": wd} for head, wd in zip(heads, weight_decays)],
-                                lr=lr, momentum=0.9, nesterov=True)
+    groups = [{"params": head.parameters(), "weight_decay": wd} for head, wd in zip(heads, weight_decays)]
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     steps_per_epoch = math.ceil(len(features) / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
     for _ in range(epochs):
-        order = torch.randperm(len(features), generator=generator)
+        order = torch.randperm(len(features), generator=generator).to(features.device)
         for start in range(0, len(features), batch_size):
             index = order[start:start + batch_size]
             x, y = features[index], labels[index]
@@ -165,14 +180,19 @@ def _fit_linear(features, labels, num_classes, weight_decays, epochs, batch_size
 
 def linear_probe(train_features, train_labels, test_features, test_labels, num_classes, epochs: int = 30,
                  batch_size: int = 1024, lr: float = 0.1, weight_decays=(0.0, 1e-4, 1e-3),
-                 seed: int = 0) -> dict:
-    """Top-1/top-5 of a linear classifier on frozen features; weight decay chosen on held-out train data."""
+                 seed: int = 0, device: torch.device | None = None) -> dict:
+    """Top-1/top-5 of a linear classifier on frozen features; weight decay chosen on held-out train data.
+    Trained on `device` (default: where the features are); the batch order is drawn on the CPU, so it is
+    the same on every device."""
+    device = device or train_features.device
+    train_features, train_labels = train_features.to(device), train_labels.to(device)
+    test_features, test_labels = test_features.to(device), test_labels.to(device)
     mean = train_features.mean(0, keepdim=True)
     std = train_features.std(0, keepdim=True).clamp_min(1e-6)
     train_x = (train_features - mean) / std
     test_x = (test_features - mean) / std
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train_x), generator=generator)
+    order = torch.randperm(len(train_x), generator=generator).to(device)
     held_out = max(len(train_x) // 10, 1)
     val_index, fit_index = order[:held_out], order[held_out:]
     best = weight_decays[0]

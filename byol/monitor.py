@@ -91,8 +91,8 @@ class Monitor:
         return self.bank is not None and (epoch % self.knn_every == 0 or epoch == epochs)
 
     def knn(self, encoder: nn.Module, transform: nn.Module) -> float:
-        bank = extract_features(encoder, self.bank[0], transform, self.device)
-        test = extract_features(encoder, self.test[0], transform, self.device)
+        bank = extract_features(encoder, self.bank[0], transform, self.device, keep_on_device=True)
+        test = extract_features(encoder, self.test[0], transform, self.device, keep_on_device=True)
         return knn_accuracy(bank, self.bank[1], test, self.test[1], self.num_classes, k=200)
 
     # ---- resume

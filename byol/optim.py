@@ -1,6 +1,7 @@
 """LARS as used by BYOL, the parameter groups that exclude biases and norm parameters, and the
 optimizers `byol train` can build by name (`OPTIMIZERS`)."""
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 import torch
@@ -64,35 +65,41 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update of every parameter with a gradient, in a handful of multi-tensor (`torch._foreach_*`)
+        kernels per group and device instead of about fourteen small kernels per parameter."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            by_kind = defaultdict(list)  # foreach kernels take tensors of one device and dtype
             for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                lr = group["lr"]
-                if not group["lars_exclude"]:
-                    if group["weight_decay"] != 0:
-                        grad = grad.add(param, alpha=group["weight_decay"])
-                    param_norm = torch.linalg.vector_norm(param)
-                    grad_norm = torch.linalg.vector_norm(grad)
-                    # torch.where keeps this free of host-device synchronisation.
-                    trust = torch.where(
-                        (param_norm > 0) & (grad_norm > 0),
-                        group["trust_coefficient"] * param_norm / grad_norm,
-                        torch.ones_like(param_norm),
-                    )
-                    grad = grad * trust
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(param)
-                buf = state["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(grad, alpha=lr)
-                param.sub_(buf)
+                if param.grad is not None:
+                    by_kind[(param.device, param.dtype)].append(param)
+            for params in by_kind.values():
+                self._update(params, group)
         return loss
+
+    def _update(self, params: list[torch.Tensor], group: dict) -> None:
+        grads = [param.grad for param in params]
+        if not group["lars_exclude"]:
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            param_norms = torch.stack(torch._foreach_norm(params))
+            grad_norms = torch.stack(torch._foreach_norm(grads))
+            # torch.where keeps this free of host-device synchronisation.
+            trust = torch.where((param_norms > 0) & (grad_norms > 0),
+                                group["trust_coefficient"] * param_norms / grad_norms, torch.ones_like(param_norms))
+            grads = torch._foreach_mul(grads, trust.unbind())
+        buffers = []
+        for param in params:
+            state = self.state[param]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(param)
+            buffers.append(state["momentum_buffer"])
+        torch._foreach_mul_(buffers, group["momentum"])
+        torch._foreach_add_(buffers, grads, alpha=group["lr"])
+        torch._foreach_sub_(params, buffers)
 
 
 def _lars(groups: list[dict], momentum: float, trust_coefficient: float) -> torch.optim.Optimizer:

@@ -68,14 +68,15 @@ class LabelledSplits:
                    (train_unreadable, test_unreadable))
 
 
-def _score_features(prefix: str, train_x, test_x, splits: LabelledSplits, protocols, report, linear_epochs) -> None:
+def _score_features(prefix: str, train_x, test_x, splits: LabelledSplits, protocols, report, linear_epochs,
+                    device: torch.device) -> None:
     if "knn" in protocols:
         accuracy = knn_accuracies(train_x, splits.train_labels, test_x, splits.test_labels, splits.num_classes,
-                                  ks=(200, 20))
+                                  ks=(200, 20), device=device)
         report[f"{prefix}knn_top1"], report[f"{prefix}knn20_top1"] = accuracy[200], accuracy[20]
     if "linear" in protocols:
         result = linear_probe(train_x, splits.train_labels, test_x, splits.test_labels, splits.num_classes,
-                              epochs=linear_epochs)
+                              epochs=linear_epochs, device=device)
         report[f"{prefix}linear_top1"] = result["top1"]
         report[f"{prefix}linear_top5"] = result["top5"]
         report[f"{prefix}linear_weight_decay"] = result["weight_decay"]
@@ -102,7 +103,7 @@ def evaluate_encoder(checkpoint: str, protocols: list[str], dataset_name: str | 
         log.info(f"eval: features of {len(splits.train_images)} + {len(splits.test_images)} images")
         train_x = extract_features(encoder, splits.train_images, transform, device)
         test_x = extract_features(encoder, splits.test_images, transform, device)
-        _score_features("", train_x, test_x, splits, protocols, report, linear_epochs)
+        _score_features("", train_x, test_x, splits, protocols, report, linear_epochs, device)
         if baselines and ("knn" in protocols or "linear" in protocols):
             _score_baselines(info, splits, transform, device, protocols, report, linear_epochs, seed)
         if "semi" in protocols:
@@ -120,10 +121,11 @@ def _score_baselines(info, splits: LabelledSplits, transform, device, protocols,
     rand = random_encoder(info, seed).to(device)
     _score_features("random_init_", extract_features(rand, splits.train_images, transform, device),
                     extract_features(rand, splits.test_images, transform, device), splits, protocols, report,
-                    linear_epochs)
+                    linear_epochs, device)
     log.info("eval: raw-pixel baseline")
     _score_features("raw_pixel_", pixel_features(splits.train_images, info.mean, info.std),
-                    pixel_features(splits.test_images, info.mean, info.std), splits, protocols, report, linear_epochs)
+                    pixel_features(splits.test_images, info.mean, info.std), splits, protocols, report, linear_epochs,
+                    device)
 
 
 def _semi_supervised(checkpoint, info, splits: LabelledSplits, device, baselines, epochs, seed, report,

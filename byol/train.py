@@ -35,7 +35,9 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     context = setup(device)
     try:
         with verbosity(quiet, main=context.is_main):
-            return fit(cfg, Runtime.resolve(device, cfg.precision, cfg.channels_last), context, quiet)
+            runtime = Runtime.resolve(device, cfg.precision, cfg.channels_last)
+            runtime.prepare()
+            return fit(cfg, runtime, context, quiet)
     finally:
         teardown(context)
 
@@ -103,7 +105,9 @@ def loop(cfg: TrainConfig, trainer: Trainer, stream: BatchStream, run: RunDir, l
                 # Ranks agree on stopping at log steps (one collective); a single process stops at once.
                 if trainer.context.world_size == 1 or logged:
                     stopped_by = signals.agreed(trainer.runtime.device)
-                if step % cfg.checkpoint_every == 0 or end_of_epoch or step == stop_at or stopped_by:
+                epoch_checkpoint = end_of_epoch and cfg.checkpoint_epochs and \
+                    (step // schedule.steps_per_epoch) % cfg.checkpoint_epochs == 0
+                if step % cfg.checkpoint_every == 0 or epoch_checkpoint or step == stop_at or stopped_by:
                     trainer.check_finite(window.loss_sum, step, str(run.path))
                     run.write_checkpoint(trainer.state_dict(step), cfg.keep_checkpoints)
                 if step >= stop_at or stopped_by:
@@ -165,7 +169,8 @@ def training_data(cfg: TrainConfig, runtime: Runtime, context: Context) -> tuple
                         f"{cfg.batch_size // world_size} image per process, too few for per-process batch norm: use "
                         "--sync-bn or a larger batch")
     stream = BatchStream(dataset, cfg.batch_size, cfg.workers, pin_memory=runtime.device.type == "cuda",
-                         rank=context.rank, world_size=world_size, max_bad_fraction=cfg.max_bad_fraction)
+                         rank=context.rank, world_size=world_size, max_bad_fraction=cfg.max_bad_fraction,
+                         device=runtime.device)
     return dataset, stream
 
 

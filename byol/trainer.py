@@ -121,8 +121,8 @@ class Trainer:
             learner = convert_sync_batchnorm(learner, device)
         self.learner = learner.to(device).to(memory_format=runtime.memory_format)
         self.optimizer = optimizer_for(cfg, self.learner)
-        if cfg.compile:
-            self.learner.compile()  # in place, so parameter names (and checkpoints) are those of the eager model
+        if cfg.compile and device.type == "cuda":
+            self.augment.compile()  # sync-free on CUDA (augment._apply_to), so it compiles without graph breaks
         self.info = EncoderInfo(cfg.backbone, cfg.width, dataset.channels, image_size, self.learner.feature_dim,
                                 cfg.dataset, tuple(dataset.mean), tuple(dataset.std),
                                 resolve_stem(cfg.stem, image_size), cfg.norm)
@@ -133,8 +133,13 @@ class Trainer:
 
     @property
     def model(self) -> torch.nn.Module:
+        """The learner as the step calls it: in DDP under torchrun, compiled with --compile. DDP wraps first,
+        so the compiled graph is split at DDP's gradient buckets and the all-reduce overlaps the backward.
+        `compile()` works in place: parameter names, and so checkpoints, stay those of the eager learner."""
         if self._model is None:
             self._model = wrap(self.learner, self.runtime.device)
+            if self.cfg.compile:
+                self._model.compile()
         return self._model
 
     def restore(self, state: TrainingState, source: str) -> int:

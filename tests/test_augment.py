@@ -206,3 +206,20 @@ def test_aug_remove_all_but_crop_leaves_only_the_crop():
     whole = dataclasses.replace(removed, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
     out = ViewAugment(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), whole)(images)
     assert torch.allclose(out, images, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels, size, batch", [(3, 32, 64), (1, 28, 128), (3, 96, 12)])
+def test_the_sync_free_masking_of_accelerators_gives_the_cpus_bits(channels, size, batch, monkeypatch):
+    """On CUDA the augmentation selects with torch.where over the whole batch (no host sync); on the CPU it
+    computes only the selected images. Same seed, same random draws, the same output to the bit."""
+    from byol import augment
+
+    images = torch.randint(0, 256, (batch, channels, size + 4, size + 4), dtype=torch.uint8)
+    both = BYOLAugment(size, (0.5,) * channels, (0.25,) * channels)
+    views = {}
+    for name, apply in (("selected", augment._apply_to_selected), ("where", augment._apply_where)):
+        monkeypatch.setattr(augment, "_apply_to", apply)
+        torch.manual_seed(3)
+        views[name] = both(images)
+    for a, b in zip(views["selected"], views["where"]):
+        assert torch.equal(a, b)

@@ -120,3 +120,18 @@ def test_missing_or_empty_data_path_is_one_line(tmp_path, setup, expected):
     with pytest.raises(UserError, match=expected) as error:
         load_folder(str(root), "train", load_size=8)
     assert str(root) in str(error.value)
+
+
+def test_an_in_memory_split_on_the_device_gives_the_same_batches_in_the_same_order():
+    from byol.data import ImageDataset
+
+    generator = torch.Generator().manual_seed(0)
+    dataset = ImageDataset("toy", 1, 8, (0.5,), (0.5,), images=torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8,
+                                                                            generator=generator),
+                           labels=torch.arange(40))
+    for rank in (0, 1):
+        host = list(BatchStream(dataset, 8, rank=rank, world_size=2).epoch(seed=3, epoch=1, start=2))
+        device = list(BatchStream(dataset, 8, rank=rank, world_size=2, device=torch.device("cpu")).epoch(3, 1, 2))
+        assert len(host) == len(device) == 3
+        for (a, la), (b, lb) in zip(host, device):
+            assert torch.equal(a, b) and torch.equal(la, lb) and b.device.type == "cpu"

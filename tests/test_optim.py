@@ -61,3 +61,44 @@ def test_zero_weights_use_trust_one():
     w.grad = torch.ones(4, 4)
     opt.step()
     assert torch.allclose(w.detach(), -torch.ones(4, 4))
+
+
+def per_parameter_lars_step(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: float, momentum: float,
+                            weight_decay: float, trust_coefficient: float, exclude: bool) -> None:
+    """LARS written out one parameter at a time (the optimizer's previous form), as the reference."""
+    if not exclude:
+        grad = grad.add(param, alpha=weight_decay)
+        param_norm, grad_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad)
+        trust = torch.where((param_norm > 0) & (grad_norm > 0), trust_coefficient * param_norm / grad_norm,
+                            torch.ones_like(param_norm))
+        grad = grad * trust
+    buf.mul_(momentum).add_(grad, alpha=lr)
+    param.sub_(buf)
+
+
+def test_multi_tensor_lars_equals_the_per_parameter_form_with_the_same_exclusions():
+    from byol import BYOL, build_backbone
+
+    torch.manual_seed(0)
+    learner = BYOL(build_backbone("resnet18", width=0.125, image_size=16), projection_dim=8, projector_hidden_dim=16,
+                   predictor_hidden_dim=16)
+    groups = lars_param_groups(learner, weight_decay=1e-3)
+    optimizer = LARS(groups, lr=0.3, momentum=0.9, trust_coefficient=1e-3)
+    reference = {p: (p.detach().clone(), torch.zeros_like(p)) for g in groups for p in g["params"]}
+    for step in range(3):
+        for param in reference:
+            param.grad = torch.randn_like(param) * (step + 1)
+        with torch.no_grad():
+            for group in groups:
+                for param in group["params"]:
+                    ref, buf = reference[param]
+                    per_parameter_lars_step(ref, param.grad, buf, 0.3, 0.9, group["weight_decay"], 1e-3,
+                                            group["lars_exclude"])
+        optimizer.step()
+        for param, (ref, _) in reference.items():
+            torch.testing.assert_close(param.detach(), ref, rtol=1e-6, atol=1e-7)
+    some_grad_missing = next(iter(reference))
+    some_grad_missing.grad = None  # a parameter without a gradient is left alone, as before
+    before = some_grad_missing.detach().clone()
+    optimizer.step()
+    assert torch.equal(some_grad_missing.detach(), before)

@@ -1,0 +1,148 @@
+"""On a GPU: the CUDA step computes what the CPU step computes, never waits for the device, and the
+evaluation and synchronized batch norm run there. Skipped without CUDA (conftest.py); the device check
+(benchmarks/gpu_check.sh) runs them with `pytest -m cuda`."""
+
+import copy
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from byol import distributed
+from byol.config import resolve
+from byol.data import BatchStream, ImageDataset
+from byol.device import Runtime
+from byol.distributed import Context, convert_sync_batchnorm
+from byol.evaluate import extract_features, knn_predict_many, linear_probe
+from byol.trainer import Schedule, Trainer, build_learner, optimizer_for, training_step
+
+pytestmark = pytest.mark.cuda
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+SMALL = dict(width=0.25, projection_dim=32, projector_hidden_dim=64, predictor_hidden_dim=64, batch_size=32,
+             epochs=2, warmup_epochs=0.5, lr=0.3, base_tau=0.97, knn_every=0)
+
+
+class FixedViews(torch.nn.Module):
+    """The same two views on every device (the augmentation's random streams differ between devices)."""
+
+    def forward(self, images):
+        x = images.float() / 255
+        return x, x.flip(-1) * 0.5 + 0.1
+
+
+class FirstView(FixedViews):
+    def forward(self, images):
+        return super().forward(images)[0]
+
+
+@contextmanager
+def exact_fp32():
+    """No TF32 in convolutions and matmuls, so fp32 on the GPU can be held to fp32's tolerance."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def images(n=32, channels=1, size=28, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator)
+
+
+def test_two_fp32_steps_on_cuda_equal_the_cpus():
+    cfg = resolve(overrides={**SMALL, "device": "cpu", "precision": "fp32"})
+    torch.manual_seed(0)
+    cpu_learner = build_learner(cfg, channels=1, image_size=28)
+    cuda_learner = copy.deepcopy(cpu_learner).to(CUDA)
+    batch = images()
+    results = []
+    with exact_fp32():
+        for device, learner in ((CPU, cpu_learner), (CUDA, cuda_learner)):
+            optimizer = optimizer_for(cfg, learner)
+            for group in optimizer.param_groups:
+                group["lr"] = 0.05
+            scaler = torch.amp.GradScaler(device.type, enabled=False)
+            losses = [training_step(learner, FixedViews(), optimizer, scaler, batch.to(device), 0.9)[0].item()
+                      for _ in range(2)]
+            results.append((losses, {k: v.cpu() for k, v in learner.state_dict().items()}))
+    (cpu_losses, cpu_state), (cuda_losses, cuda_state) = results
+    assert cuda_losses == pytest.approx(cpu_losses, rel=1e-4)
+    for name, value in cpu_state.items():
+        error = (cuda_state[name].double() - value.double()).abs().max()
+        assert error <= 1e-3 * value.double().abs().max() + 1e-6, (name, float(error))
+
+
+def cuda_trainer(precision: str) -> tuple[Trainer, BatchStream]:
+    cfg = resolve(overrides={**SMALL, "device": "cuda", "precision": precision})
+    generator = torch.Generator().manual_seed(1)
+    dataset = ImageDataset("toy", 1, 28, (0.5,), (0.25,), images=images(128),
+                           labels=torch.randint(0, 4, (128,), generator=generator), classes=list("abcd"))
+    runtime = Runtime.resolve(CUDA, precision, None)
+    runtime.prepare()
+    stream = BatchStream(dataset, cfg.batch_size, device=CUDA)
+    torch.manual_seed(0)
+    return Trainer(cfg, dataset, 28, runtime, Context(), Schedule.for_run(cfg, len(stream))), stream
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_training_steps_never_wait_for_the_device(precision):
+    trainer, stream = cuda_trainer(precision)
+    batches = list(stream.epoch(seed=0, epoch=0))
+    trainer.step(*batches[0], 0)  # the first step allocates momentum buffers and picks cuDNN algorithms
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [trainer.step(images, labels, step).loss for step, (images, labels) in enumerate(batches[1:], 1)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(torch.stack(losses)).all()
+    assert all(torch.isfinite(p).all() for p in trainer.learner.parameters())
+
+
+def test_evaluation_on_cuda_equals_the_cpus():
+    torch.manual_seed(0)
+    encoder = build_learner(resolve(overrides=SMALL), channels=1, image_size=28).online_encoder.eval()
+    transform = FirstView()
+    train, test = images(256, seed=2), images(64, seed=3)
+    train_labels, test_labels = torch.arange(256) % 4, torch.arange(64) % 4
+    with exact_fp32():
+        (train_cpu, test_cpu), (train_cuda, test_cuda) = [
+            (extract_features(copy.deepcopy(encoder).to(device), train, transform, device),
+             extract_features(copy.deepcopy(encoder).to(device), test, transform, device)) for device in (CPU, CUDA)]
+        torch.testing.assert_close(train_cuda, train_cpu, rtol=1e-4, atol=1e-4)
+        scores = [knn_predict_many(train_cpu, train_labels, test_cpu, (20,), 4, device=device)[20]
+                  for device in (CPU, CUDA)]
+        torch.testing.assert_close(scores[1], scores[0], rtol=1e-4, atol=1e-4)
+        probes = [linear_probe(train_cpu, train_labels, test_cpu, test_labels, 4, epochs=5, device=device)
+                  for device in (CPU, CUDA)]
+    assert abs(probes[0]["top1"] - probes[1]["top1"]) <= 100 / 64 + 1e-6  # at most one test image apart
+
+
+def test_synchronized_batch_norm_runs_sync_free_in_bf16_channels_last(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)  # take the all-reduce path in one rank
+    try:
+        torch.manual_seed(0)
+        plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).to(CUDA)
+        synced = convert_sync_batchnorm(copy.deepcopy(plain), CUDA).to(memory_format=torch.channels_last)
+        x = torch.randn(16, 3, 12, 12, device=CUDA).contiguous(memory_format=torch.channels_last)
+        reference = plain(x)
+        reference.square().mean().backward()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = synced(x)
+            out.float().square().mean().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), reference, rtol=3e-2, atol=3e-2)
+        torch.testing.assert_close(synced[1].weight.grad, plain[1].weight.grad, rtol=5e-2, atol=5e-3)
+        torch.testing.assert_close(synced[1].running_mean, plain[1].running_mean, rtol=1e-2, atol=5e-3)
+    finally:
+        dist.destroy_process_group()
