@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
+from .conv import make_convs_safe_
 from .norm import check_norm, group_norm, weight_standardize_
 
 ARCHITECTURES = {
@@ -52,7 +53,9 @@ class WideResNet(resnet.ResNet):
         self.bn1 = norm_layer(self._stem_width)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         if norm == "group-ws":
-            weight_standardize_(self)
+            weight_standardize_(self)  # its convolutions avoid the crashing kernel themselves (conv.conv2d)
+        else:
+            make_convs_safe_(self)  # the downsampling shortcuts: byol/conv.py
         self.feature_dim = max(int(round(512 * width)), 1) * block.expansion
         self.fc = nn.Identity()
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import conv2d
+
 NORMS = ("batch", "group-ws")
 # 16 divides the channel count of every stage down to quarter width (16 channels in the stem).
 GROUPS = 16
@@ -28,7 +30,7 @@ class WSConv2d(nn.Conv2d):
     """Conv2d whose weight is standardised (zero mean, unit variance per output channel) on use."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, _standardize(self.weight), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv2d(x, _standardize(self.weight), self.bias, self)
 
 
 class WSLinear(nn.Linear):
