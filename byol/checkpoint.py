@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,16 +156,22 @@ def keep_recent(path: Path, step: int, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
+EXPECTED = "expected a checkpoint.pt written by `byol train` or a .safetensors encoder"
+
+
 def load_checkpoint(path: Path | str) -> dict:
-    """Load a training checkpoint with weights_only=True: tensors and plain containers, no code."""
+    """Load a training checkpoint with weights_only=True: tensors and plain containers, no code. Anything
+    else is a one-line UserError saying what was expected (never torch's advice to load it unsafely)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; YAML, JSON or a bare pickle is not one
+        raise UserError(f"{path}: not a checkpoint ({EXPECTED})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - pickle/zip errors have many types; all mean the same here
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path}: not a loadable checkpoint ({first_line[:200]})") from None
+    except Exception:  # noqa: BLE001 - pickle/zip errors have many types; all mean the same here
+        raise UserError(f"{path}: holds objects a safe (weights-only) load refuses, so it was not written by byol "
+                        f"({EXPECTED})") from None
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -65,12 +65,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     protocols = parse_protocols(args.protocol)
-    check_options({"device": args.device})
+    check_options({"device": args.device, "workers": args.workers})
     run_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
     run_dir.mkdir(parents=True, exist_ok=True)
     report = evaluate_encoder(args.checkpoint, protocols, args.dataset, args.data, args.device,
                               baselines=not args.no_baselines, linear_epochs=args.linear_epochs,
-                              semi_epochs=args.semi_epochs, seed=args.seed, quiet=args.json, run_dir=run_dir)
+                              semi_epochs=args.semi_epochs, seed=args.seed, quiet=args.json, run_dir=run_dir,
+                              workers=args.workers)
     written = write_report(run_dir, report)
     if args.json:
         print(json.dumps(public(report)))
@@ -81,8 +82,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    check_options({"device": args.device})
-    print(json.dumps(embed(args.checkpoint, args.data, args.out, args.device, args.batch_size)))
+    check_options({"device": args.device, "workers": args.workers})
+    print(json.dumps(embed(args.checkpoint, args.data, args.out, args.device, args.batch_size, args.workers)))
     return 0
 
 
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--semi-epochs", type=int, default=30)
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the semi-supervised label subsets")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_config_arguments(evaluate, ("workers",))
 
     embed = command("embed", "feature matrix of a folder of images", cmd_embed)
     embed.add_argument("--checkpoint", required=True, metavar="FILE")
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, metavar="FILE", help="features.npy (+ .files.txt) or .safetensors")
     embed.add_argument("--device", default="auto", help=FIELDS["device"].metadata["help"])
     embed.add_argument("--batch-size", type=int, default=256)
+    add_config_arguments(embed, ("workers",))
 
     bench = command("bench", "time full training steps; images/s, FLOP/s, utilization, peers", cmd_bench)
     add_config_arguments(bench, BENCH_OPTIONS, {**{n: FIELDS[n].default for n in BENCH_OPTIONS}, **BENCH_DEFAULTS})

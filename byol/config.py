@@ -96,7 +96,11 @@ class TrainConfig:
     subset: int | None = option(None, "train on a seeded random subset of N images", check=positive, metavar="N")
     image_size: int | None = option(None, "training resolution in pixels; unset: the dataset's own (224 for folders)",
                                     check=resnet_size, metavar="PX")
-    workers: int = option(2, "image-decoding processes for --dataset folder", check=non_negative, trajectory=False)
+    workers: int | None = option(None, "image-decoding processes for folder images (default: one per available "
+                                 "core)", check=non_negative, trajectory=False, metavar="N")
+    cache_decoded: str | None = option(None, "keep folder images decoded at the load size in a memory-mapped file in "
+                                       "DIR, written as the first epoch decodes them and read after (docs/data.md)",
+                                       trajectory=False, metavar="DIR")
     max_bad_fraction: float = option(0.01, "unreadable folder images are skipped and counted; more than this "
                                      "fraction of the dataset (and more than one) stops the run; 0: any",
                                      check=unit_interval, trajectory=False, metavar="F")

@@ -5,7 +5,7 @@ fp32 crashes the process (SIGSEGV, or glibc's "double free or corruption") for s
 (2–8 input channels) on maps of 56 px and more, seen on AMD Zen 4 and Zen 5 with torch 2.14.1. A
 narrow ResNet's downsampling shortcut at 224 px is such a convolution. A 1×1 convolution with stride s
 is the stride-1 convolution of every s-th pixel, so on the CPU a narrow one (fewer than
-`NARROW_CHANNELS` input channels, twice the widest seen crashing) is computed that way: the same
+`NARROW_CHANNELS` input channels, twice the widest seen crashing) in channels-last is computed that way: the same
 products (forward and input gradient to the bit, the weight gradient to float round-off), through
 stride-1 kernels that do not crash. Wider ones keep the strided kernel, which is up to 2× faster for
 them. The bug, its reproduction and the cost: docs/reliability.md.
@@ -21,9 +21,11 @@ NARROW_CHANNELS = 16
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, module: nn.Conv2d) -> torch.Tensor:
-    """`module`'s convolution of `x` with `weight`; a narrow strided 1×1 one on the CPU as a subsample + 1×1."""
+    """`module`'s convolution of `x` with `weight`; a narrow strided 1×1 one of a channels-last CPU tensor (the
+    crashing case) as a subsample + 1×1."""
     pointwise = module.kernel_size == (1, 1) and module.padding in ((0, 0), 0) and module.dilation == (1, 1)
-    if pointwise and module.stride != (1, 1) and module.in_channels < NARROW_CHANNELS and x.device.type == "cpu":
+    narrow_strided = pointwise and module.stride != (1, 1) and module.in_channels < NARROW_CHANNELS
+    if narrow_strided and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
         row_step, column_step = module.stride
         return F.conv2d(x[:, :, ::row_step, ::column_step], weight, bias, 1, 0, 1, module.groups)
     return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
@@ -41,8 +43,10 @@ def make_convs_safe_(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         narrow = child.in_channels < NARROW_CHANNELS if isinstance(child, nn.Conv2d) else False
         if type(child) is nn.Conv2d and narrow and child.kernel_size == (1, 1) and child.stride != (1, 1):
-            safe = SafeConv2d(child.in_channels, child.out_channels, 1, child.stride, child.padding, child.dilation,
-                              child.groups, child.bias is not None, child.padding_mode)
+            # skip_init: no initialisation of its own, which would draw random numbers and shift every later layer's
+            safe = nn.utils.skip_init(SafeConv2d, child.in_channels, child.out_channels, 1, child.stride,
+                                      child.padding, child.dilation, child.groups, child.bias is not None,
+                                      child.padding_mode)
             safe.weight, safe.bias = child.weight, child.bias
             setattr(module, name, safe)
         else:

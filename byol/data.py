@@ -4,7 +4,9 @@ Two kinds of source:
 - in memory (Fashion-MNIST, CIFAR-10/100): the whole split is one uint8 tensor (N, C, H, W);
   a batch is an index into it, no worker processes needed.
 - a folder of image files: decoded by DataLoader workers, resized (shorter side) and centre-cropped
-  to a square of `load_size` pixels, so the random crop later happens on a fixed-size image.
+  to a square of `load_size` pixels, so the random crop later happens on a fixed-size image
+  (folders.py: scanning, decoding, the decoded cache). Every split of a folder numbers its classes
+  by the training split's class names.
 
 Batch order comes from a generator seeded with (seed, epoch), so a resumed run sees the same
 batches as an uninterrupted one, and skipping ahead within an epoch costs nothing.
@@ -17,19 +19,17 @@ import os
 import signal
 import struct
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import datasets as torchvision_datasets
 
 from .errors import UserError
+from .folders import IMAGE_EXTENSIONS, DecodedCache, decode_or_reason, scan_images
 from .logs import log
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -68,6 +68,7 @@ class ImageDataset:
     labels: torch.Tensor | None = None
     classes: list[str] | None = None
     load_size: int | None = None
+    root: Path | None = None  # the folder a folder split was scanned from
 
     def __len__(self) -> int:
         return len(self.images) if self.images is not None else len(self.files)
@@ -81,13 +82,16 @@ class ImageDataset:
         if count is None or count >= len(self):
             return self
         generator = torch.Generator().manual_seed(seed)
-        index = torch.randperm(len(self), generator=generator)[:count].sort().values
+        return self.select(torch.randperm(len(self), generator=generator)[:count].sort().values)
+
+    def select(self, index: torch.Tensor) -> ImageDataset:
+        """The items at `index`, in that order."""
         return ImageDataset(
             name=self.name, channels=self.channels, native_size=self.native_size, mean=self.mean, std=self.std,
             images=self.images[index] if self.images is not None else None,
             files=[self.files[i] for i in index.tolist()] if self.files is not None else None,
             labels=self.labels[index] if self.labels is not None else None,
-            classes=self.classes, load_size=self.load_size,
+            classes=self.classes, load_size=self.load_size, root=self.root,
         )
 
 
@@ -199,29 +203,45 @@ def load_cifar(name: str, data: str | None, split: str, download: bool = True) -
 # ---------------------------------------------------------------- folders of images
 
 
-def scan_folder(root: Path) -> tuple[list[Path], torch.Tensor | None, list[str] | None]:
-    """Image files under `root`; labels from the first level of sub-folders when every file is in one."""
+def scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Path], torch.Tensor | None, list[str] | None]:
+    """Image files under `root`, and their labels when every file sits in a first-level sub-folder.
+
+    `classes`: the class names to number by (a test split takes its training split's), so the same
+    name gets the same label in every split; a name not among them is an error. Without it the classes
+    are this folder's own, sorted. Hidden and non-image files are left out, and counted in the log.
+    """
     if not root.exists():
         raise UserError(f"{root}: no such folder (option --data)")
     if not root.is_dir():
         raise UserError(f"{root}: not a folder (option --data)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    scan = scan_images(root)
+    if scan.hidden or scan.other or scan.repeated_folders:
+        log.info(f"{root}: {len(scan.files)} images; left out {scan.hidden} hidden entries (dot-names, ._ AppleDouble "
+                 f"files, __MACOSX), {scan.other} files that are not images"
+                 + (f", {len(scan.repeated_folders)} folders reached twice through links" if scan.repeated_folders else ""))
+    files = scan.files
     if not files:
-        raise UserError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found (option --data)")
+        raise UserError(f"{root}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))}) (option --data)")
     top = [p.relative_to(root).parts for p in files]
-    if all(len(parts) > 1 for parts in top):
-        classes = sorted({parts[0] for parts in top})
-        index = {c: i for i, c in enumerate(classes)}
-        labels = torch.tensor([index[parts[0]] for parts in top], dtype=torch.int64)
-        return files, labels, classes
-    return files, None, None
+    if not all(len(parts) > 1 for parts in top):
+        return files, None, None
+    names = sorted({parts[0] for parts in top})
+    if classes is None:
+        classes = names
+    unknown = [name for name in names if name not in classes]
+    if unknown:
+        raise UserError(f"{root / unknown[0]}: class '{unknown[0]}' is not among the {len(classes)} classes of the "
+                        f"training split ({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})")
+    index = {c: i for i, c in enumerate(classes)}
+    return files, torch.tensor([index[parts[0]] for parts in top], dtype=torch.int64), list(classes)
 
 
-def load_folder(data: str | None, split: str, load_size: int) -> ImageDataset:
+def load_folder(data: str | None, split: str, load_size: int, classes: list[str] | None = None) -> ImageDataset:
+    """A split of a folder dataset: DATA/train and DATA/test (or val) when they exist, else DATA for training.
+    `classes`: the training split's class names, which other splits are numbered by."""
     if not data:
         raise UserError("--dataset folder needs --data PATH (a folder of images)")
     root = Path(data)
-    # A folder with train/ and test/ (or val/) sub-folders holds its own splits.
     split_names = {"train": ("train",), "test": ("test", "val")}[split]
     for name in split_names:
         if (root / name).is_dir():
@@ -230,104 +250,43 @@ def load_folder(data: str | None, split: str, load_size: int) -> ImageDataset:
     else:
         if split == "test":
             raise UserError(f"{data}: no test/ or val/ sub-folder to evaluate on (option --data)")
-    files, labels, classes = scan_folder(root)
+    files, labels, classes = scan_folder(root, classes)
     mean, std = STATS["folder"]
     return ImageDataset(name="folder", channels=3, native_size=load_size, mean=mean, std=std, files=files,
-                        labels=labels, classes=classes, load_size=load_size)
-
-
-def decode_image(path: Path, size: int) -> torch.Tensor:
-    """RGB uint8 (3, size, size): shorter side resized to `size`, centre crop. Raises OSError/ValueError.
-
-    Converts what can be converted: CMYK, palette (GIF, with transparency), grey, RGBA (alpha
-    dropped), 16- and 32-bit grey (scaled to 8 bits, not clipped), any size down to 1×1.
-    """
-    with Image.open(path) as image:
-        image.load()  # decode now, so a truncated file fails here and not later
-        image = _to_rgb(image)
-        width, height = image.size
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        image = image.resize((new_w, new_h), Image.BICUBIC)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-        array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def _to_rgb(image):
-    if image.mode.startswith("I") or image.mode == "F":
-        # PIL's own I;16 → RGB conversion clips at 255, which turns most 16-bit images white.
-        array = np.asarray(image, dtype=np.float64)
-        peak = float(array.max(initial=0.0))
-        if image.mode == "F":
-            full_scale = 1.0 if peak <= 1.0 else peak
-        else:
-            full_scale = 65535.0 if peak <= 65535 else peak
-        grey = np.clip(array / full_scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")
-
-
-def try_decode(path: Path, size: int) -> torch.Tensor | None:
-    """`decode_image`, or None for a file that is not a readable image."""
-    return decode_or_reason(path, size)[0]
-
-
-def decode_or_reason(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
-    """(`decode_image`, "") or (None, why the file is not a readable image)."""
-    try:
-        with warnings.catch_warnings():
-            # PIL warns about corrupt metadata of files it still decodes; a bad file gets a reason instead.
-            warnings.simplefilter("ignore")
-            return decode_image(path, size), ""
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return None, (str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__)
-
-
-def dataset_images(dataset: ImageDataset, size: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Every decodable image of a split as uint8 (N, C, size, size), their labels, and how many files
-    could not be decoded. Those are left out (a black image with a real label would bias the score)
-    and counted on stderr; a split with no decodable image is an error."""
-    if dataset.images is not None:
-        return dataset.images, dataset.labels, 0
-    out = torch.zeros(len(dataset), 3, size, size, dtype=torch.uint8)
-    readable = torch.zeros(len(dataset), dtype=torch.bool)
-    for i, path in enumerate(dataset.files):
-        image = try_decode(path, size)
-        if image is not None:
-            out[i], readable[i] = image, True
-    unreadable = len(dataset) - int(readable.sum())
-    if unreadable:
-        folder = dataset.files[0].parent
-        if unreadable == len(dataset):
-            raise UserError(f"{folder}: none of the {len(dataset)} images can be decoded")
-        log.warning(f"{unreadable} of {len(dataset)} images under {folder} could not be decoded and are left "
-                    "out of this evaluation split")
-    labels = dataset.labels[readable] if dataset.labels is not None else None
-    return out[readable], labels, unreadable
+                        labels=labels, classes=classes, load_size=load_size, root=root)
 
 
 class _FolderItems(torch.utils.data.Dataset):
-    """Decoded folder images. An unreadable file is skipped: its slot in the batch goes to the next
-    readable file in the folder (deterministic, so batch shapes, ranks and resumes all stay aligned),
-    and the item reports which file failed and why, for the caller's count and threshold."""
+    """Decoded folder images for training. An unreadable file is skipped: its slot in the batch goes to
+    the next readable file in the folder (deterministic, so batch shapes, ranks and resumes all stay
+    aligned), and the item reports which file failed and why, for the caller's count and threshold.
+    With a DecodedCache, an image decoded once is read from it afterwards."""
 
     TRIES = 64
 
-    def __init__(self, dataset: ImageDataset):
-        self.dataset = dataset
+    def __init__(self, dataset: ImageDataset, cache: DecodedCache | None = None):
+        self.dataset, self.cache = dataset, cache
 
     def __len__(self):
         return len(self.dataset)
+
+    def decode(self, index: int) -> tuple[torch.Tensor | None, str]:
+        if self.cache is not None:
+            state, image = self.cache.read(index)
+            if state == DecodedCache.UNREADABLE:
+                return None, "unreadable when it was first decoded (decoded cache)"
+            if image is not None:
+                return image, ""
+        image, reason = decode_or_reason(self.dataset.files[index], self.dataset.load_size)
+        if self.cache is not None:
+            self.cache.write(index, image)
+        return image, reason
 
     def __getitem__(self, index):
         failed, reason = -1, ""
         for offset in range(self.TRIES):
             candidate = (index + offset) % len(self.dataset)
-            image, why = decode_or_reason(self.dataset.files[candidate], self.dataset.load_size)
+            image, why = self.decode(candidate)
             if image is not None:
                 labels = self.dataset.labels
                 label = labels[candidate] if labels is not None else torch.tensor(-1)
@@ -340,23 +299,114 @@ class _FolderItems(torch.utils.data.Dataset):
         return torch.zeros(3, size, size, dtype=torch.uint8), torch.tensor(-1), failed, reason
 
 
+class _EvalItems(torch.utils.data.Dataset):
+    """Folder images for evaluation, in order: (image or a blank, label, readable, reason)."""
+
+    def __init__(self, dataset: ImageDataset, size: int):
+        self.dataset, self.size = dataset, size
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, reason = decode_or_reason(self.dataset.files[index], self.size)
+        label = self.dataset.labels[index] if self.dataset.labels is not None else torch.tensor(-1)
+        if image is None:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), label, False, reason
+        return image, label, True, ""
+
+
+@dataclass
+class Unreadable:
+    """Files of an evaluation split that could not be decoded (left out, with their labels)."""
+
+    count: int = 0
+    first: str = ""
+
+    def add(self, path: Path, reason: str) -> None:
+        if not self.count:
+            self.first = f"{path}: {reason}"
+        self.count += 1
+
+
+def iterate_split(dataset: ImageDataset, size: int, batch_size: int = 256, workers: int = 0, unreadable=None):
+    """Every decodable image of a split, in order, a batch at a time: (uint8 images, labels or None,
+    their positions in the split).
+
+    Folder images are decoded by `workers` processes and never held beyond their batch, so what an
+    evaluation keeps grows with its features, not its pixels. An unreadable file is left out with its
+    label (a black image with a real label would bias the score) and counted in `unreadable`.
+    """
+    unreadable = unreadable if unreadable is not None else Unreadable()
+    if dataset.images is not None:
+        for start in range(0, len(dataset), batch_size):
+            labels = dataset.labels[start:start + batch_size] if dataset.labels is not None else None
+            images = dataset.images[start:start + batch_size]
+            yield images, labels, torch.arange(start, start + len(images))
+        return
+    loader = torch.utils.data.DataLoader(_EvalItems(dataset, size), batch_size=batch_size, num_workers=workers,
+                                         worker_init_fn=_ignore_interrupts)
+    start = 0
+    for images, labels, readable, reasons in loader:
+        for offset in (~readable).nonzero().flatten().tolist():
+            unreadable.add(dataset.files[start + offset], reasons[offset])
+        positions = torch.arange(start, start + len(images))[readable]
+        start += len(images)
+        if len(positions):
+            yield images[readable], (labels[readable] if dataset.labels is not None else None), positions
+
+
+def report_unreadable(unreadable: Unreadable, dataset: ImageDataset) -> None:
+    """One warning naming the first unreadable file, or an error when no file of the split was readable."""
+    if not unreadable.count:
+        return
+    where = dataset.root or (dataset.files[0].parent if dataset.files else dataset.name)
+    if unreadable.count == len(dataset):
+        raise UserError(f"{where}: none of the {len(dataset)} images can be decoded (first: {unreadable.first})")
+    log.warning(f"{unreadable.count} of {len(dataset)} images under {where} could not be decoded and are left out "
+                f"of this evaluation split (first: {unreadable.first})")
+
+
+def dataset_images(dataset: ImageDataset, size: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Every decodable image of a split in memory as uint8 (N, C, size, size), their labels, and how many
+    files could not be decoded. For what must hold pixels (the semi-supervised fine-tune's labelled
+    subset); evaluation streams with `iterate_split` instead."""
+    if dataset.images is not None:
+        return dataset.images, dataset.labels, 0
+    unreadable = Unreadable()
+    batches = list(iterate_split(dataset, size, unreadable=unreadable))
+    report_unreadable(unreadable, dataset)
+    images = torch.cat([b for b, _, _ in batches])
+    labels = torch.cat([labels for _, labels, _ in batches]) if dataset.labels is not None else None
+    return images, labels, unreadable.count
+
+
 # ---------------------------------------------------------------- entry points
 
 
-# name → loader(data, split, load_size, download): the datasets `byol train --dataset` knows.
+# name → loader(data, split, load_size, download, classes): the datasets `byol train --dataset` knows.
 DATASETS = {
-    "fashion-mnist": lambda data, split, load_size, download: load_fashion_mnist(data, split, download),
-    "cifar10": lambda data, split, load_size, download: load_cifar("cifar10", data, split, download),
-    "cifar100": lambda data, split, load_size, download: load_cifar("cifar100", data, split, download),
-    "folder": lambda data, split, load_size, download: load_folder(data, split, load_size),
+    "fashion-mnist": lambda data, split, load_size, download, classes: load_fashion_mnist(data, split, download),
+    "cifar10": lambda data, split, load_size, download, classes: load_cifar("cifar10", data, split, download),
+    "cifar100": lambda data, split, load_size, download, classes: load_cifar("cifar100", data, split, download),
+    "folder": lambda data, split, load_size, download, classes: load_folder(data, split, load_size, classes),
 }
 
 
-def load_dataset(name: str, data: str | None, split: str, load_size: int = 224, download: bool = True) -> ImageDataset:
-    """Split `split` ("train" or "test") of dataset `name` from `DATASETS`, found at `data` or its usual places."""
+def load_dataset(name: str, data: str | None, split: str, load_size: int = 224, download: bool = True,
+                 classes: list[str] | None = None) -> ImageDataset:
+    """Split `split` ("train" or "test") of dataset `name` from `DATASETS`, found at `data` or its usual
+    places. `classes`: the training split's class names, so a test split is numbered like it."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name](data, split, load_size, download)
+    return DATASETS[name](data, split, load_size, download, classes)
+
+
+def decoding_workers(requested: int | None) -> int:
+    """Worker processes that decode folder images: as asked, else one per core this process may use."""
+    if requested is not None:
+        return requested
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
@@ -385,7 +435,7 @@ class BatchStream:
 
     def __init__(self, dataset: ImageDataset, batch_size: int, workers: int = 2, pin_memory: bool = False,
                  rank: int = 0, world_size: int = 1, max_bad_fraction: float = 0.01,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, cache: DecodedCache | None = None):
         if batch_size % world_size:
             raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size} processes")
         self.images, self.labels = dataset.images, dataset.labels
@@ -394,6 +444,7 @@ class BatchStream:
             self.images = dataset.images.to(device)
             self.labels = dataset.labels.to(device) if dataset.labels is not None else None
         self.dataset = dataset
+        self.cache = cache  # folder images: a DecodedCache of this dataset's files, filled as they are decoded
         self.batch_size = batch_size
         self.workers = workers
         self.pin_memory = pin_memory
@@ -421,7 +472,7 @@ class BatchStream:
                 yield (images.pin_memory() if self.pin_memory and not self.on_device else images), labels
             return
         loader = torch.utils.data.DataLoader(
-            _FolderItems(self.dataset), batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
+            _FolderItems(self.dataset, self.cache), batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
             pin_memory=self.pin_memory, persistent_workers=False, worker_init_fn=_ignore_interrupts,
         )
         for images, labels, failed, reasons in loader:
@@ -440,8 +491,8 @@ class BatchStream:
         # One bad file never stops a run on its own, unless the limit is 0 (strict).
         limit = max(1.0, self.max_bad_fraction * len(self.dataset)) if self.max_bad_fraction else 0.0
         if len(self.bad_files) > limit:
-            raise UserError(f"{len(self.bad_files)} of {len(self.dataset)} images under {path.parent} cannot be "
-                            f"decoded (latest: {path.name}: {reason}), more than --max-bad-fraction "
+            raise UserError(f"{len(self.bad_files)} of {len(self.dataset)} images under {self.dataset.root or path.parent} "
+                            f"cannot be decoded (latest: {path}: {reason}), more than --max-bad-fraction "
                             f"{self.max_bad_fraction:g} allows: remove or fix them, or raise the limit")
 
     @property

@@ -59,41 +59,10 @@ def random_encoder(info: EncoderInfo, seed: int = 0) -> nn.Module:
     return build_backbone(info.backbone, info.width, info.image_size, info.in_channels, info.stem, info.norm)
 
 
-# ---------------------------------------------------------------- features
-
-
-@torch.no_grad()
-def extract_features(encoder: nn.Module, images: torch.Tensor, transform: nn.Module, device: torch.device,
-                     batch_size: int = 512, keep_on_device: bool = False) -> torch.Tensor:
-    """Pooled representations (N, D) in float32 of uint8 images (N, C, H, W), encoder in eval mode.
-
-    On CUDA each chunk goes up from pinned memory without blocking, and the features stay on the
-    device until the end (one copy back, unless `keep_on_device`), so the host never waits per chunk.
-    """
-    was_training = encoder.training
-    encoder.eval()
-    weight = next(encoder.parameters())
-    channels_last = weight.ndim == 4 and weight.is_contiguous(memory_format=torch.channels_last)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        if device.type == "cuda" and chunk.device.type == "cpu":
-            chunk = chunk.pin_memory()
-        x = transform(chunk.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
-        chunks.append(encoder(x).float())
-    encoder.train(was_training)
-    features = torch.cat(chunks) if chunks else torch.empty(0, device=device)
-    return features if keep_on_device else features.cpu()
-
-
-def pixel_features(images: torch.Tensor, mean, std) -> torch.Tensor:
-    x = images.float() / 255
-    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-    return x.flatten(1)
-
-
 # ---------------------------------------------------------------- kNN
+
+
+BANK_CHUNK = 65536  # bank rows normalised and compared at a time: memory holds this many, not the whole bank
 
 
 @torch.no_grad()
@@ -103,16 +72,19 @@ def knn_predict_many(train_features: torch.Tensor, train_labels: torch.Tensor, t
     """Class scores (N_test, classes) on the CPU for each k from one similarity pass: the k nearest are a
     prefix of the largest k's sorted neighbours, so k=20 beside k=200 costs no second matmul over the bank.
 
-    Similarities, top-k and votes are computed on `device` (default: where the bank is), `chunk` test
-    images at a time, so memory holds chunk × bank similarities, never test × bank."""
+    Computed on `device` (default: where the bank is), `chunk` test images against `BANK_CHUNK` bank rows
+    at a time, keeping the running k nearest: memory holds chunk × BANK_CHUNK similarities, never test ×
+    bank, and the bank is never copied whole (it may be memory-mapped)."""
     device = device or train_features.device
-    bank = F.normalize(train_features.to(device).float(), dim=1)
     bank_labels = train_labels.to(device)
-    widest = min(max(ks), len(bank))
+    widest = min(max(ks), len(train_features))
+    # A bank that fits one chunk is normalised once; a larger one chunk by chunk for every test chunk.
+    small = len(train_features) <= BANK_CHUNK
+    normalised = [(0, F.normalize(train_features.to(device).float(), dim=1))] if small else None
     scores = {k: [] for k in ks}
     for start in range(0, len(test_features), chunk):
         query = F.normalize(test_features[start:start + chunk].to(device).float(), dim=1)
-        similarity, index = (query @ bank.T).topk(widest, dim=1)
+        similarity, index = _nearest(query, normalised or _bank_chunks(train_features, device), widest)
         weights = (similarity / temperature).exp()
         neighbour_labels = bank_labels[index]
         for k in ks:
@@ -120,6 +92,26 @@ def knn_predict_many(train_features: torch.Tensor, train_labels: torch.Tensor, t
             votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
             scores[k].append(votes)
     return {k: torch.cat(parts).cpu() for k, parts in scores.items()}
+
+
+def _bank_chunks(bank: torch.Tensor, device: torch.device):
+    for start in range(0, len(bank), BANK_CHUNK):
+        yield start, F.normalize(bank[start:start + BANK_CHUNK].to(device).float(), dim=1)
+
+
+def _nearest(query: torch.Tensor, chunks, k: int):
+    """(similarities, bank rows) of the k most similar bank rows to each query, sorted; `chunks` yields
+    (first row, normalised rows) and only the running k best are kept between them."""
+    best_similarity = best_index = None
+    for start, part in chunks:
+        similarity, index = (query @ part.T).topk(min(k, len(part)), dim=1)
+        if best_similarity is not None:
+            similarity = torch.cat([best_similarity, similarity], dim=1)
+            index = torch.cat([best_index, index + start], dim=1)
+            similarity, order = similarity.topk(k, dim=1)
+            index = index.gather(1, order)
+        best_similarity, best_index = similarity, index
+    return best_similarity, best_index
 
 
 def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, k: int,
@@ -151,25 +143,35 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, num_c
 # ---------------------------------------------------------------- linear probe on features
 
 
-def _fit_linear(features, labels, num_classes, weight_decays, epochs, batch_size, lr, seed) -> list[nn.Linear]:
-    """One linear head per weight decay, trained side by side on the same batches from the same start.
+DEVICE_COPY_BYTES = 2 * 2**30  # features up to this size go to the device whole; larger ones a batch at a time
+SCORE_CHUNK = 65536
+
+
+def _standardised(features: torch.Tensor, rows: torch.Tensor | slice, mean: torch.Tensor, std: torch.Tensor):
+    return (features[rows].to(mean.device) - mean) / std
+
+
+def _fit_linear(features, labels, rows, mean, std, num_classes, weight_decays, epochs, batch_size, lr,
+                seed) -> list[nn.Linear]:
+    """One linear head per weight decay, trained side by side on the same batches from the same start,
+    on the standardised `features[rows]` (standardised a batch at a time, never copied whole).
 
     Each head's gradient comes from its own loss term only, so every head ends exactly as it would
     trained alone; sharing the batch gathering and the optimizer step costs about one fit, not one per
     weight decay (the probes were most of `byol eval`'s time)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    first = nn.Linear(features.shape[1], num_classes).to(features.device)  # drawn on the CPU on every device
+    first = nn.Linear(features.shape[1], num_classes).to(mean.device)  # drawn on the CPU on every device
     heads = [first] + [copy.deepcopy(first) for _ in weight_decays[1:]]
     groups = [{"params": head.parameters(), "weight_decay": wd} for head, wd in zip(heads, weight_decays)]
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-    steps_per_epoch = math.ceil(len(features) / batch_size)
+    steps_per_epoch = math.ceil(len(rows) / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
     for _ in range(epochs):
-        order = torch.randperm(len(features), generator=generator).to(features.device)
-        for start in range(0, len(features), batch_size):
+        order = rows[torch.randperm(len(rows), generator=generator).to(rows.device)]
+        for start in range(0, len(rows), batch_size):
             index = order[start:start + batch_size]
-            x, y = features[index], labels[index]
+            x, y = _standardised(features, index, mean, std), labels[index]
             loss = sum(F.cross_entropy(head(x), y) for head in heads)
             optimizer.zero_grad()
             loss.backward()
@@ -178,33 +180,44 @@ def _fit_linear(features, labels, num_classes, weight_decays, epochs, batch_size
     return heads
 
 
+@torch.no_grad()
+def _scores(head: nn.Linear, features, rows, mean, std) -> torch.Tensor:
+    count = len(rows) if isinstance(rows, torch.Tensor) else len(features)
+    rows = rows if isinstance(rows, torch.Tensor) else torch.arange(count, device=features.device)
+    return torch.cat([head(_standardised(features, rows[s:s + SCORE_CHUNK], mean, std))
+                      for s in range(0, count, SCORE_CHUNK)])
+
+
 def linear_probe(train_features, train_labels, test_features, test_labels, num_classes, epochs: int = 30,
                  batch_size: int = 1024, lr: float = 0.1, weight_decays=(0.0, 1e-4, 1e-3),
                  seed: int = 0, device: torch.device | None = None) -> dict:
     """Top-1/top-5 of a linear classifier on frozen features; weight decay chosen on held-out train data.
-    Trained on `device` (default: where the features are); the batch order is drawn on the CPU, so it is
-    the same on every device."""
+
+    Trained on `device` (default: where the features are). Features standardised with the training
+    mean and std a batch at a time, so a large (memory-mapped) matrix is never copied; up to
+    DEVICE_COPY_BYTES they are moved to the device whole. The batch order is drawn on the CPU, the same
+    on every device."""
     device = device or train_features.device
-    train_features, train_labels = train_features.to(device), train_labels.to(device)
-    test_features, test_labels = test_features.to(device), test_labels.to(device)
-    mean = train_features.mean(0, keepdim=True)
-    std = train_features.std(0, keepdim=True).clamp_min(1e-6)
-    train_x = (train_features - mean) / std
-    test_x = (test_features - mean) / std
+    if train_features.numel() * 4 <= DEVICE_COPY_BYTES:
+        train_features, test_features = train_features.to(device), test_features.to(device)
+    train_labels, test_labels = train_labels.to(device), test_labels.to(device)
+    mean = train_features.mean(0, keepdim=True).to(device)
+    std = train_features.std(0, keepdim=True).clamp_min(1e-6).to(device)
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train_x), generator=generator).to(device)
-    held_out = max(len(train_x) // 10, 1)
-    val_index, fit_index = order[:held_out], order[held_out:]
+    order = torch.randperm(len(train_features), generator=generator).to(train_features.device)
+    held_out = max(len(train_features) // 10, 1)
+    val_rows, fit_rows = order[:held_out], order[held_out:]
     best = weight_decays[0]
     if len(weight_decays) > 1:
-        heads = _fit_linear(train_x[fit_index], train_labels[fit_index], num_classes, list(weight_decays), epochs,
-                            batch_size, lr, seed)
-        with torch.no_grad():
-            accuracies = [top_k_accuracy(head(train_x[val_index]), train_labels[val_index]) for head in heads]
+        heads = _fit_linear(train_features, train_labels, fit_rows, mean, std, num_classes, list(weight_decays),
+                            epochs, batch_size, lr, seed)
+        accuracies = [top_k_accuracy(_scores(head, train_features, val_rows, mean, std),
+                                     train_labels[val_rows.to(device)]) for head in heads]
         best = weight_decays[accuracies.index(max(accuracies))]  # the first of equals, as before
-    head, = _fit_linear(train_x, train_labels, num_classes, [best], epochs, batch_size, lr, seed)
-    with torch.no_grad():
-        scores = head(test_x)
+    every_row = torch.arange(len(train_features), device=train_features.device)
+    head, = _fit_linear(train_features, train_labels, every_row, mean, std, num_classes, [best], epochs, batch_size,
+                        lr, seed)
+    scores = _scores(head, test_features, None, mean, std)
     return {"top1": top_k_accuracy(scores, test_labels, 1), "top5": top_k_accuracy(scores, test_labels, 5),
             "weight_decay": best}
 
@@ -225,10 +238,11 @@ def balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> tor
     return torch.cat(chosen).sort().values
 
 
-def fine_tune(encoder: nn.Module, feature_dim: int, images: torch.Tensor, labels: torch.Tensor,
-              test_images: torch.Tensor, test_labels: torch.Tensor, num_classes: int, info: EncoderInfo,
-              device: torch.device, epochs: int = 30, batch_size: int = 256, lr: float = 0.05, seed: int = 0) -> dict:
-    """Fine-tune encoder + linear head with crop + flip (SGD Nesterov, cosine); top-1/top-5 on the test split."""
+def fine_tune(encoder: nn.Module, feature_dim: int, images: torch.Tensor, labels: torch.Tensor, test_batches,
+              num_classes: int, info: EncoderInfo, device: torch.device, epochs: int = 30, batch_size: int = 256,
+              lr: float = 0.05, seed: int = 0) -> dict:
+    """Fine-tune encoder + linear head with crop + flip (SGD Nesterov, cosine); top-1/top-5 on the test split,
+    which `test_batches()` yields as (uint8 images, labels, ...) batches."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = nn.Sequential(encoder, nn.Linear(feature_dim, num_classes)).to(device)
@@ -252,7 +266,10 @@ def fine_tune(encoder: nn.Module, feature_dim: int, images: torch.Tensor, labels
             optimizer.step()
             schedule.step()
     model.eval()
+    scores, test_labels = [], []
     with torch.no_grad():
-        scores = torch.cat([model(normalise(test_images[s:s + 512].to(device))).float().cpu()
-                            for s in range(0, len(test_images), 512)])
+        for test_images, batch_labels, *_ in test_batches():
+            scores.append(model(normalise(test_images.to(device))).float().cpu())
+            test_labels.append(batch_labels)
+    scores, test_labels = torch.cat(scores), torch.cat(test_labels)
     return {"top1": top_k_accuracy(scores, test_labels, 1), "top5": top_k_accuracy(scores, test_labels, 5)}

@@ -4,7 +4,9 @@
   representation of view 1, with its own SGD optimizer, so BYOL's parameters, optimizer state and
   RNG stream are exactly what they would be without it.
 - kNN monitor: every `knn_every` epochs, kNN top-1 (k=200, cosine, T=0.07) of a seeded test subset
-  against a seeded training bank, with the encoder in eval mode (running statistics untouched).
+  against a seeded training bank, with the encoder in eval mode (running statistics untouched). Folder
+  images are decoded again for each evaluation (through the run's workers), so the monitor holds
+  features, never the subsets' pixels.
 Under torchrun the probe is trained on every rank's slice with gradients averaged over ranks (and
 synchronized batch norm), so all ranks hold the same probe; the kNN monitor runs on rank 0 alone,
 with the encoder in eval mode, which needs no collective.
@@ -16,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import dataset_images, load_dataset
+from .data import decoding_workers, load_dataset
 from .distributed import all_reduce_sum, average_gradients, convert_sync_batchnorm, is_distributed
 from .errors import UserError
-from .evaluate import extract_features, knn_accuracy
+from .evaluate import knn_accuracy
+from .features import encode, split_features
 from .logs import log
 from .schedules import learning_rate
 
@@ -44,18 +47,19 @@ class Monitor:
             self.correct = torch.zeros((), device=device)
             self.seen = torch.zeros((), device=device)
         self.bank = self.test = None
+        self.size, self.workers = dataset.load_size or image_size, decoding_workers(cfg.workers)
         if self.knn_every and has_labels and main:
-            self._load_knn_images(cfg, dataset, dataset.load_size or image_size)
+            self._choose_knn_subsets(cfg, dataset)
 
-    def _load_knn_images(self, cfg, dataset, size: int) -> None:
-        """Seeded subsets of the training split (the bank) and of the test split, decoded once."""
+    def _choose_knn_subsets(self, cfg, dataset) -> None:
+        """Seeded subsets of the training split (the bank) and of the test split, numbered alike."""
         try:
-            test = load_dataset(cfg.dataset, cfg.data, "test", load_size=size)
+            test = load_dataset(cfg.dataset, cfg.data, "test", load_size=self.size, classes=dataset.classes)
         except UserError as error:
             log.warning(f"kNN monitor off: {error}")
             return
-        self.bank = dataset_images(dataset.subset(cfg.knn_bank, cfg.seed + 1), size)[:2]
-        self.test = dataset_images(test.subset(cfg.knn_test, cfg.seed + 2), size)[:2]
+        self.bank = dataset.subset(cfg.knn_bank, cfg.seed + 1)
+        self.test = test.subset(cfg.knn_test, cfg.seed + 2)
 
     # ---- online probe
 
@@ -91,9 +95,11 @@ class Monitor:
         return self.bank is not None and (epoch % self.knn_every == 0 or epoch == epochs)
 
     def knn(self, encoder: nn.Module, transform: nn.Module) -> float:
-        bank = extract_features(encoder, self.bank[0], transform, self.device, keep_on_device=True)
-        test = extract_features(encoder, self.test[0], transform, self.device, keep_on_device=True)
-        return knn_accuracy(bank, self.bank[1], test, self.test[1], self.num_classes, k=200)
+        extract = {"encoder": lambda images: encode(encoder, images, transform, self.device)}
+        bank = split_features(self.bank, self.size, extract, batch_size=512, workers=self.workers)
+        test = split_features(self.test, self.size, extract, batch_size=512, workers=self.workers)
+        return knn_accuracy(bank.features["encoder"], bank.labels, test.features["encoder"], test.labels,
+                            self.num_classes, k=200, device=self.device)
 
     # ---- resume
 

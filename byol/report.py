@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +12,11 @@ from safetensors.torch import save_file
 
 from .augment import EvalTransform
 from .checkpoint import EncoderInfo, atomic_write, save_weights
-from .data import dataset_images, load_dataset, scan_folder, try_decode
+from .data import ImageDataset, dataset_images, decoding_workers, iterate_split, load_dataset, scan_folder
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import (
-    balanced_subset,
-    extract_features,
-    fine_tune,
-    knn_accuracies,
-    linear_probe,
-    load_encoder,
-    pixel_features,
-    random_encoder,
-)
+from .evaluate import balanced_subset, fine_tune, knn_accuracies, linear_probe, load_encoder, random_encoder
+from .features import RAW_PIXEL_MAX_SIDE, RAW_PIXEL_SIDE, SplitFeatures, encode, pixel_features, split_features
 from .logs import TensorBoard, log, verbosity
 from .run_dir import RunDir
 
@@ -41,41 +32,27 @@ def parse_protocols(text: str) -> list[str]:
     return names
 
 
-@dataclass
-class LabelledSplits:
-    """The decodable images and labels of a dataset's train and test splits, at the encoder's size."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    num_classes: int
-    classes: list[str] | None
-    unreadable: tuple[int, int]  # (train, test) files left out
-
-    @classmethod
-    def load(cls, dataset_name: str, data: str | None, info: EncoderInfo, checkpoint: str) -> LabelledSplits:
-        train = load_dataset(dataset_name, data, "train", load_size=info.image_size)
-        test = load_dataset(dataset_name, data, "test", load_size=info.image_size)
-        if train.labels is None or test.labels is None:
-            raise UserError(f"{dataset_name}: evaluation needs labels (sub-folders per class for --dataset folder)")
-        if train.channels != info.in_channels:
-            raise UserError(f"{checkpoint}: encoder expects {info.in_channels}-channel images, {dataset_name} has "
-                            f"{train.channels}")
-        train_images, train_labels, train_unreadable = dataset_images(train, info.image_size)
-        test_images, test_labels, test_unreadable = dataset_images(test, info.image_size)
-        return cls(train_images, train_labels, test_images, test_labels, train.num_classes, test.classes,
-                   (train_unreadable, test_unreadable))
+def load_splits(dataset_name: str, data: str | None, info: EncoderInfo, checkpoint: str):
+    """The train and test splits to evaluate on; the test split's classes numbered by the training split's."""
+    train = load_dataset(dataset_name, data, "train", load_size=info.image_size)
+    test = load_dataset(dataset_name, data, "test", load_size=info.image_size, classes=train.classes)
+    if train.labels is None or test.labels is None:
+        raise UserError(f"{dataset_name}: evaluation needs labels (sub-folders per class for --dataset folder)")
+    if train.channels != info.in_channels:
+        raise UserError(f"{checkpoint}: encoder expects {info.in_channels}-channel images, {dataset_name} has "
+                        f"{train.channels}")
+    return train, test
 
 
-def _score_features(prefix: str, train_x, test_x, splits: LabelledSplits, protocols, report, linear_epochs,
-                    device: torch.device) -> None:
+def _score_features(prefix: str, train: SplitFeatures, test: SplitFeatures, num_classes: int, protocols, report,
+                    linear_epochs, device: torch.device) -> None:
+    name = prefix or "encoder"
     if "knn" in protocols:
-        accuracy = knn_accuracies(train_x, splits.train_labels, test_x, splits.test_labels, splits.num_classes,
+        accuracy = knn_accuracies(train.features[name], train.labels, test.features[name], test.labels, num_classes,
                                   ks=(200, 20), device=device)
         report[f"{prefix}knn_top1"], report[f"{prefix}knn20_top1"] = accuracy[200], accuracy[20]
     if "linear" in protocols:
-        result = linear_probe(train_x, splits.train_labels, test_x, splits.test_labels, splits.num_classes,
+        result = linear_probe(train.features[name], train.labels, test.features[name], test.labels, num_classes,
                               epochs=linear_epochs, device=device)
         report[f"{prefix}linear_top1"] = result["top1"]
         report[f"{prefix}linear_top5"] = result["top5"]
@@ -84,65 +61,66 @@ def _score_features(prefix: str, train_x, test_x, splits: LabelledSplits, protoc
 
 def evaluate_encoder(checkpoint: str, protocols: list[str], dataset_name: str | None = None, data: str | None = None,
                      device: str = "auto", baselines: bool = True, linear_epochs: int = 30, semi_epochs: int = 30,
-                     seed: int = 0, quiet: bool = False, run_dir: Path | None = None) -> dict:
-    """All requested protocols on the encoder in `checkpoint`, plus random-init and raw-pixel baselines."""
+                     seed: int = 0, quiet: bool = False, run_dir: Path | None = None,
+                     workers: int | None = None) -> dict:
+    """All requested protocols on the encoder in `checkpoint`, plus random-init and raw-pixel baselines.
+    Each split is decoded once, in batches, for every encoder at the same time; only features are kept."""
     started = time.perf_counter()
     with verbosity(quiet):
         device = resolve_device(device)
         encoder, info = load_encoder(checkpoint)
         encoder.to(device)
         dataset_name = dataset_name or info.dataset
-        splits = LabelledSplits.load(dataset_name, data, info, checkpoint)
+        train, test = load_splits(dataset_name, data, info, checkpoint)
         transform = EvalTransform(info.image_size, info.mean, info.std).to(device)
-        report = {"checkpoint": str(checkpoint), "dataset": dataset_name, "backbone": info.backbone,
-                  "width": info.width, "image_size": info.image_size, "train_images": len(splits.train_images),
-                  "test_images": len(splits.test_images), "unreadable_train_images": splits.unreadable[0],
-                  "unreadable_test_images": splits.unreadable[1], "protocols": protocols,
-                  "linear_features": "precomputed from centre images (no augmentation)"}
-
-        log.info(f"eval: features of {len(splits.train_images)} + {len(splits.test_images)} images")
-        train_x = extract_features(encoder, splits.train_images, transform, device)
-        test_x = extract_features(encoder, splits.test_images, transform, device)
-        _score_features("", train_x, test_x, splits, protocols, report, linear_epochs, device)
+        extractors = {"encoder": lambda images: encode(encoder, images, transform, device)}
         if baselines and ("knn" in protocols or "linear" in protocols):
-            _score_baselines(info, splits, transform, device, protocols, report, linear_epochs, seed)
+            # The context every figure needs: a random-init encoder of the same architecture, and raw pixels.
+            rand = random_encoder(info, seed).to(device)
+            extractors["random_init_"] = lambda images: encode(rand, images, transform, device)
+            extractors["raw_pixel_"] = lambda images: pixel_features(images, info.mean, info.std)
+        workers = decoding_workers(workers)
+        log.info(f"eval: features of {len(train)} + {len(test)} images ({', '.join(extractors)})")
+        train_x = split_features(train, info.image_size, extractors, workers=workers)
+        test_x = split_features(test, info.image_size, extractors, workers=workers)
+        report = {"checkpoint": str(checkpoint), "dataset": dataset_name, "backbone": info.backbone,
+                  "width": info.width, "image_size": info.image_size, "train_images": len(train_x.positions),
+                  "test_images": len(test_x.positions), "unreadable_train_images": train_x.unreadable,
+                  "unreadable_test_images": test_x.unreadable, "protocols": protocols,
+                  "linear_features": "precomputed from centre images (no augmentation)"}
+        if "raw_pixel_" in extractors and info.image_size > RAW_PIXEL_MAX_SIDE:
+            report["raw_pixel_size"] = RAW_PIXEL_SIDE
+        for prefix in extractors:
+            log.info(f"eval: scoring {'the encoder' if prefix == 'encoder' else prefix.rstrip('_')}")
+            _score_features("" if prefix == "encoder" else prefix, train_x, test_x, train.num_classes, protocols,
+                            report, linear_epochs, device)
         if "semi" in protocols:
-            _semi_supervised(checkpoint, info, splits, device, baselines, semi_epochs, seed, report, run_dir)
+            _semi_supervised(checkpoint, info, train, train_x, test, device, baselines, semi_epochs, seed, report,
+                             run_dir, workers)
     report["eval_wall_s"] = time.perf_counter() - started
-    report["_test_features"] = test_x
-    report["_test_labels"] = splits.test_labels
-    report["_classes"] = splits.classes
+    report["_test_features"] = test_x.features["encoder"]
+    report["_test_labels"] = test_x.labels
+    report["_classes"] = train.classes
     return report
 
 
-def _score_baselines(info, splits: LabelledSplits, transform, device, protocols, report, linear_epochs, seed) -> None:
-    """The context every figure needs: a random-init encoder of the same architecture, and raw pixels."""
-    log.info("eval: random-init encoder baseline")
-    rand = random_encoder(info, seed).to(device)
-    _score_features("random_init_", extract_features(rand, splits.train_images, transform, device),
-                    extract_features(rand, splits.test_images, transform, device), splits, protocols, report,
-                    linear_epochs, device)
-    log.info("eval: raw-pixel baseline")
-    _score_features("raw_pixel_", pixel_features(splits.train_images, info.mean, info.std),
-                    pixel_features(splits.test_images, info.mean, info.std), splits, protocols, report, linear_epochs,
-                    device)
-
-
-def _semi_supervised(checkpoint, info, splits: LabelledSplits, device, baselines, epochs, seed, report,
-                     run_dir) -> None:
-    """Fine-tunes on seeded class-balanced label subsets; the subsets are saved beside eval.json."""
+def _semi_supervised(checkpoint, info, train, train_x: SplitFeatures, test, device, baselines, epochs, seed, report,
+                     run_dir, workers) -> None:
+    """Fine-tunes on seeded class-balanced label subsets; the subsets are saved beside eval.json. Only the
+    labelled subset's pixels are held in memory; the test split is decoded a batch at a time."""
     subsets = {}
     for name, fraction in SEMI_FRACTIONS.items():
-        index = balanced_subset(splits.train_labels, fraction, seed)
+        index = balanced_subset(train_x.labels, fraction, seed)
         subsets[name] = index.tolist()
+        images, labels, _ = dataset_images(train.select(train_x.positions[index]), info.image_size)
         log.info(f"eval: semi-supervised fine-tune on {name} ({len(index)} labels)")
         makers = {"": lambda: load_encoder(checkpoint)[0], "random_init_": lambda: random_encoder(info, seed)}
         for prefix, make in makers.items():
             if prefix and not baselines:
                 continue
-            result = fine_tune(make(), info.feature_dim, splits.train_images[index], splits.train_labels[index],
-                               splits.test_images, splits.test_labels, splits.num_classes, info, device,
-                               epochs=epochs, seed=seed)
+            result = fine_tune(make(), info.feature_dim, images, labels,
+                               lambda: iterate_split(test, info.image_size, 512, workers), train.num_classes, info,
+                               device, epochs=epochs, seed=seed)
             report[f"{prefix}semi_{name}_top1"] = result["top1"]
             report[f"{prefix}semi_{name}_top5"] = result["top5"]
     if run_dir is not None:
@@ -249,34 +227,33 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size: int = 256) -> dict:
-    """Features of every image under `data` → .npy (+ .files.txt) or .safetensors (features + file list)."""
+def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size: int = 256,
+          workers: int | None = None) -> dict:
+    """Features of every image under `data` → .npy (+ .files.txt) or .safetensors (features + file list).
+    Decoded in batches by worker processes; only the features are kept. Unreadable files are left out
+    and counted."""
     out_path = Path(out)
     if out_path.suffix not in (".npy", ".safetensors"):
         raise UserError(f"--out {out}: use a .npy or .safetensors file name")
     device = resolve_device(device)
     encoder, info = load_encoder(checkpoint)
     encoder.to(device)
-    files, _, _ = scan_folder(Path(data))
+    root = Path(data)
+    files, _, _ = scan_folder(root)
+    folder = ImageDataset("folder", 3, info.image_size, info.mean, info.std, files=files, load_size=info.image_size,
+                          root=root)
     transform = EvalTransform(info.image_size, info.mean, info.std).to(device)
-    kept, skipped, chunks = [], [], []
-    for start in range(0, len(files), batch_size):
-        batch = []
-        for path in files[start:start + batch_size]:
-            image = try_decode(path, info.image_size)
-            if image is None:
-                skipped.append(path)
-                continue
-            if info.in_channels == 1:
-                image = (image.float().mean(0, keepdim=True)).round().to(torch.uint8)
-            batch.append(image)
-            kept.append(path)
-        if batch:
-            chunks.append(extract_features(encoder, torch.stack(batch), transform, device))
-    if not kept:
-        raise UserError(f"{data}: none of the {len(files)} image files could be decoded")
-    _write_features(out_path, torch.cat(chunks), [str(p) for p in kept])
-    return {"images": len(kept), "skipped": len(skipped), "feature_dim": chunks[0].shape[1], "out": str(out_path)}
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        if info.in_channels == 1:  # a grey encoder: the mean of the channels, as its training images were
+            images = images.float().mean(1, keepdim=True).round().to(torch.uint8)
+        return encode(encoder, images, transform, device)
+
+    result = split_features(folder, info.image_size, {"encoder": features}, batch_size, decoding_workers(workers))
+    kept = [str(files[i]) for i in result.positions.tolist()]
+    _write_features(out_path, result.features["encoder"], kept)
+    return {"images": len(kept), "skipped": result.unreadable, "feature_dim": result.features["encoder"].shape[1],
+            "out": str(out_path)}
 
 
 def _write_features(out_path: Path, features: torch.Tensor, names: list[str]) -> None:

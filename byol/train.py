@@ -16,7 +16,8 @@ import torch
 
 from .collapse import collapse_metrics
 from .config import TrainConfig
-from .data import BatchStream, ImageDataset, load_dataset
+from .data import BatchStream, ImageDataset, decoding_workers, load_dataset
+from .folders import DecodedCache
 from .device import Runtime, resolve_device
 from .distributed import Context, all_reduce_mean, all_reduce_sum, elastic_restart_count, local_device, setup, teardown
 from .errors import UserError
@@ -168,9 +169,14 @@ def training_data(cfg: TrainConfig, runtime: Runtime, context: Context) -> tuple
         raise UserError(f"--batch-size {cfg.batch_size} over {world_size} processes leaves "
                         f"{cfg.batch_size // world_size} image per process, too few for per-process batch norm: use "
                         "--sync-bn or a larger batch")
-    stream = BatchStream(dataset, cfg.batch_size, cfg.workers, pin_memory=runtime.device.type == "cuda",
-                         rank=context.rank, world_size=world_size, max_bad_fraction=cfg.max_bad_fraction,
-                         device=runtime.device)
+    cache = None
+    if cfg.cache_decoded and dataset.files is not None:
+        with context.main_first():  # rank 0 creates the files; the other ranks map them
+            cache = DecodedCache(cfg.cache_decoded, dataset.files, dataset.load_size)
+        log.info(f"decoded cache {cache.stem}: {cache.filled()} of {len(dataset)} images already decoded")
+    stream = BatchStream(dataset, cfg.batch_size, decoding_workers(cfg.workers),
+                         pin_memory=runtime.device.type == "cuda", rank=context.rank, world_size=world_size,
+                         max_bad_fraction=cfg.max_bad_fraction, device=runtime.device, cache=cache)
     return dataset, stream
 
 
@@ -186,7 +192,7 @@ def resolved_values(cfg: TrainConfig, runtime: Runtime, context: Context, schedu
     return {"world_size": context.world_size, "batch_per_process": cfg.batch_size // context.world_size,
             "sync_bn": sync_bn, "peak_lr": schedule.peak_lr, "steps_per_epoch": schedule.steps_per_epoch,
             "total_steps": schedule.total_steps, "image_size": image_size, "device": str(runtime.device),
-            "autocast": str(runtime.amp_dtype or "fp32")}
+            "autocast": str(runtime.amp_dtype or "fp32"), "decoding_workers": decoding_workers(cfg.workers)}
 
 
 def finish(cfg: TrainConfig, trainer: Trainer, stream: BatchStream, run: RunDir, context: Context, step: int,

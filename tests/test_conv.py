@@ -66,3 +66,16 @@ def test_only_narrow_strided_pointwise_convolutions_are_swapped_and_weights_keep
     assert all(type(m) is nn.Conv2d for m in wide.modules() if isinstance(m, nn.Conv2d))  # 64 and more
     assert narrow.layer3[0].downsample[0].in_channels >= NARROW_CHANNELS
     assert "layer2.0.downsample.0.weight" in narrow.state_dict()
+
+
+def test_swapping_in_the_safe_convolutions_draws_no_random_numbers(monkeypatch):
+    from byol import conv
+
+    torch.manual_seed(0)
+    safe = build_backbone("resnet18", width=0.125, image_size=224)
+    after_safe = torch.rand(1)
+    monkeypatch.setattr(conv, "NARROW_CHANNELS", 0)  # nothing swapped
+    torch.manual_seed(0)
+    plain = build_backbone("resnet18", width=0.125, image_size=224)
+    assert torch.equal(torch.rand(1), after_safe)  # the layers built after it are initialised as before
+    assert all(torch.equal(a, b) for a, b in zip(safe.state_dict().values(), plain.state_dict().values()))

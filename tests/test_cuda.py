@@ -13,7 +13,8 @@ from byol.config import resolve
 from byol.data import BatchStream, ImageDataset
 from byol.device import Runtime
 from byol.distributed import Context, convert_sync_batchnorm
-from byol.evaluate import extract_features, knn_predict_many, linear_probe
+from byol.evaluate import knn_predict_many, linear_probe
+from byol.features import extract_features
 from byol.trainer import Schedule, Trainer, build_learner, optimizer_for, training_step
 
 pytestmark = pytest.mark.cuda

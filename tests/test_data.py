@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from byol import data
-from byol.data import BatchStream, decode_image, load_folder
+from byol import data, folders
+from byol.data import BatchStream, load_folder
+from byol.folders import decode_image
 from byol.errors import UserError
 
 
@@ -48,14 +49,14 @@ def _folder_with_bad_files(root, good=20):
 
 
 def _unreadable(monkeypatch, name):
-    real = data.decode_image
+    real = folders.decode_image
 
     def decode(path, size):
         if path.name == name:
             raise PermissionError(13, "Permission denied", str(path))
         return real(path, size)
 
-    monkeypatch.setattr(data, "decode_image", decode)
+    monkeypatch.setattr(folders, "decode_image", decode)
 
 
 def test_unreadable_images_are_skipped_counted_and_their_slots_refilled(tmp_path, monkeypatch, capsys):
@@ -99,6 +100,7 @@ def test_evaluation_splits_leave_unreadable_images_out_and_keep_labels_aligned(t
     assert torch.equal(labels == light, images.float().mean(dim=(1, 2, 3)) > 128)  # each label kept with its image
     warning = capsys.readouterr().err
     assert warning.count("\n") == 1 and "2 of 8" in warning and "left out" in warning
+    assert str(root / "dark" / "broken.png") in warning  # the file itself is named, not a folder beside it
 
 
 def test_evaluation_split_with_no_readable_image_is_one_line(tmp_path):

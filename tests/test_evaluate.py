@@ -83,8 +83,9 @@ def test_weight_decay_candidates_trained_side_by_side_end_as_if_trained_alone():
     from byol.evaluate import _fit_linear
 
     x, y = clusters(spread=3.0)
-    together = _fit_linear(x, y, 5, [0.0, 1e-2, 1e-1], epochs=3, batch_size=16, lr=0.1, seed=4)
+    rows, mean, std = torch.arange(len(x)), torch.zeros(1, x.shape[1]), torch.ones(1, x.shape[1])
+    together = _fit_linear(x, y, rows, mean, std, 5, [0.0, 1e-2, 1e-1], epochs=3, batch_size=16, lr=0.1, seed=4)
     for head, wd in zip(together, [0.0, 1e-2, 1e-1]):
-        alone, = _fit_linear(x, y, 5, [wd], epochs=3, batch_size=16, lr=0.1, seed=4)
+        alone, = _fit_linear(x, y, rows, mean, std, 5, [wd], epochs=3, batch_size=16, lr=0.1, seed=4)
         assert torch.allclose(head.weight, alone.weight, atol=1e-6) and torch.allclose(head.bias, alone.bias, atol=1e-6)
     assert not torch.allclose(together[0].weight, together[2].weight, atol=1e-3)  # the decay did act

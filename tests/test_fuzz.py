@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from byol.config import FIELDS, TrainConfig, merge, read_yaml
-from byol.data import decode_or_reason
+from byol.folders import decode_or_reason
 from byol.errors import UserError
 
 # 300 per property in the default suite; BYOL_FUZZ_EXAMPLES=5000 for the longer runs in docs/reliability.md.
