@@ -62,7 +62,7 @@ def random_encoder(info: EncoderInfo, seed: int = 0) -> nn.Module:
 # ---------------------------------------------------------------- kNN
 
 
-BANK_CHUNK = 65536  # bank rows normalised and compared at a time: memory holds this many, not the whole bank
+BANK_CHUNK_BYTES = 256 * 2**20  # bank rows normalised and compared at a time: this much, not the whole bank
 
 
 @torch.no_grad()
@@ -72,19 +72,20 @@ def knn_predict_many(train_features: torch.Tensor, train_labels: torch.Tensor, t
     """Class scores (N_test, classes) on the CPU for each k from one similarity pass: the k nearest are a
     prefix of the largest k's sorted neighbours, so k=20 beside k=200 costs no second matmul over the bank.
 
-    Computed on `device` (default: where the bank is), `chunk` test images against `BANK_CHUNK` bank rows
-    at a time, keeping the running k nearest: memory holds chunk × BANK_CHUNK similarities, never test ×
-    bank, and the bank is never copied whole (it may be memory-mapped)."""
+    Computed on `device` (default: where the bank is), `chunk` test images against BANK_CHUNK_BYTES of
+    bank rows at a time, keeping the running k nearest: memory holds one bank chunk and its similarities,
+    never test × bank, and the bank is never copied whole (it may be memory-mapped)."""
     device = device or train_features.device
     bank_labels = train_labels.to(device)
     widest = min(max(ks), len(train_features))
     # A bank that fits one chunk is normalised once; a larger one chunk by chunk for every test chunk.
-    small = len(train_features) <= BANK_CHUNK
+    rows = max(1, BANK_CHUNK_BYTES // (4 * train_features.shape[1]))
+    small = len(train_features) <= rows
     normalised = [(0, F.normalize(train_features.to(device).float(), dim=1))] if small else None
     scores = {k: [] for k in ks}
     for start in range(0, len(test_features), chunk):
         query = F.normalize(test_features[start:start + chunk].to(device).float(), dim=1)
-        similarity, index = _nearest(query, normalised or _bank_chunks(train_features, device), widest)
+        similarity, index = _nearest(query, normalised or _bank_chunks(train_features, rows, device), widest)
         weights = (similarity / temperature).exp()
         neighbour_labels = bank_labels[index]
         for k in ks:
@@ -94,9 +95,9 @@ def knn_predict_many(train_features: torch.Tensor, train_labels: torch.Tensor, t
     return {k: torch.cat(parts).cpu() for k, parts in scores.items()}
 
 
-def _bank_chunks(bank: torch.Tensor, device: torch.device):
-    for start in range(0, len(bank), BANK_CHUNK):
-        yield start, F.normalize(bank[start:start + BANK_CHUNK].to(device).float(), dim=1)
+def _bank_chunks(bank: torch.Tensor, rows: int, device: torch.device):
+    for start in range(0, len(bank), rows):
+        yield start, F.normalize(bank[start:start + rows].to(device).float(), dim=1)
 
 
 def _nearest(query: torch.Tensor, chunks, k: int):
@@ -108,7 +109,7 @@ def _nearest(query: torch.Tensor, chunks, k: int):
         if best_similarity is not None:
             similarity = torch.cat([best_similarity, similarity], dim=1)
             index = torch.cat([best_index, index + start], dim=1)
-            similarity, order = similarity.topk(k, dim=1)
+            similarity, order = similarity.topk(min(k, similarity.shape[1]), dim=1)
             index = index.gather(1, order)
         best_similarity, best_index = similarity, index
     return best_similarity, best_index

@@ -106,16 +106,21 @@ def split_features(dataset: ImageDataset, size: int, extractors: dict[str, Calla
     with none readable is an error."""
     unreadable = Unreadable()
     stores: dict[str, FeatureStore] = {}
-    labels, positions = [], []
+    # Filled in place, like the features: small tensors kept from every batch would pin the C heap's top
+    # above the batches' freed pixels, and the process would keep memory that grows with the pixels.
+    labels = torch.empty(len(dataset), dtype=torch.int64) if dataset.labels is not None else None
+    positions = torch.empty(len(dataset), dtype=torch.int64)
+    filled = 0
     for images, batch_labels, batch_positions in iterate_split(dataset, size, batch_size, workers, unreadable):
         for name, extract in extractors.items():
             features = extract(images)
             if name not in stores:
                 stores[name] = FeatureStore(len(dataset), features.shape[1])
             stores[name].append(features)
-        if batch_labels is not None:
-            labels.append(batch_labels)
-        positions.append(batch_positions)
+        if labels is not None:
+            labels[filled:filled + len(images)] = batch_labels
+        positions[filled:filled + len(images)] = batch_positions
+        filled += len(images)
     report_unreadable(unreadable, dataset)
     return SplitFeatures({name: store.tensor() for name, store in stores.items()},
-                         torch.cat(labels) if labels else None, torch.cat(positions), unreadable.count)
+                         labels[:filled] if labels is not None else None, positions[:filled], unreadable.count)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import torch
 
 from byol.evaluate import balanced_subset, knn_accuracy, knn_predict, knn_predict_many, linear_probe, top_k_accuracy
@@ -89,3 +91,32 @@ def test_weight_decay_candidates_trained_side_by_side_end_as_if_trained_alone():
         alone, = _fit_linear(x, y, rows, mean, std, 5, [wd], epochs=3, batch_size=16, lr=0.1, seed=4)
         assert torch.allclose(head.weight, alone.weight, atol=1e-6) and torch.allclose(head.bias, alone.bias, atol=1e-6)
     assert not torch.allclose(together[0].weight, together[2].weight, atol=1e-3)  # the decay did act
+
+
+def test_knn_over_a_bank_in_chunks_equals_the_whole_bank_at_once(monkeypatch):
+    from byol import evaluate
+
+    generator = torch.Generator().manual_seed(5)
+    bank, query = torch.randn(700, 16, generator=generator), torch.randn(50, 16, generator=generator)
+    labels = torch.randint(0, 5, (700,), generator=generator)
+    whole = knn_predict_many(bank, labels, query, (200, 20), num_classes=5, chunk=16)
+    monkeypatch.setattr(evaluate, "BANK_CHUNK_BYTES", 64 * 16 * 4)  # 64 rows at a time: 11 chunks
+    chunked = knn_predict_many(bank, labels, query, (200, 20), num_classes=5, chunk=16)
+    for k in (200, 20):
+        torch.testing.assert_close(chunked[k], whole[k], rtol=1e-6, atol=1e-6)
+
+
+def test_features_past_the_spill_size_are_memory_mapped_and_read_back(monkeypatch):
+    from byol import features
+
+    monkeypatch.setattr(features, "SPILL_BYTES", 100)
+    mapped, real_memmap = [], features.np.memmap
+    monkeypatch.setattr(features.np, "memmap", lambda *args, **kwargs: mapped.append(args) or real_memmap(*args, **kwargs))
+    store = features.FeatureStore(10, 8)
+    assert len(mapped) == 1 and not Path(mapped[0][0]).exists()  # unlinked at once: nothing left on disk
+    store.append(torch.ones(4, 8))
+    store.append(torch.full((3, 8), 2.0))
+    result = store.tensor()
+    assert result.shape == (7, 8) and result[:4].eq(1).all() and result[4:].eq(2).all()
+    assert linear_probe(torch.cat([result, -result]), torch.tensor([0] * 7 + [1] * 7), result, torch.zeros(7),
+                        2, epochs=3, weight_decays=(0.0,))["top1"] == 100.0
