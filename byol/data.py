@@ -30,7 +30,6 @@ from .errors import UserError
 from .folders import IMAGE_EXTENSIONS, DecodedCache, decode_or_reason, scan_images
 from .logs import log
 
-
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

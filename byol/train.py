@@ -17,10 +17,10 @@ import torch
 from .collapse import collapse_metrics
 from .config import TrainConfig
 from .data import BatchStream, ImageDataset, decoding_workers, load_dataset
-from .folders import DecodedCache
 from .device import Runtime, resolve_device
 from .distributed import Context, all_reduce_mean, all_reduce_sum, elastic_restart_count, local_device, setup, teardown
 from .errors import UserError
+from .folders import DecodedCache
 from .logs import StepLogger, log, verbosity
 from .run_dir import RunDir
 from .signals import StopSignals

@@ -9,8 +9,8 @@ from PIL import Image
 
 from byol import data, folders
 from byol.data import BatchStream, load_folder
-from byol.folders import decode_image
 from byol.errors import UserError
+from byol.folders import decode_image
 
 
 def _rgb(size=(12, 10), colour=(200, 40, 90)) -> Image.Image:

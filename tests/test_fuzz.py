@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from byol.config import FIELDS, TrainConfig, merge, read_yaml
-from byol.folders import decode_or_reason
 from byol.errors import UserError
+from byol.folders import decode_or_reason
 
 # 300 per property in the default suite; BYOL_FUZZ_EXAMPLES=5000 for the longer runs in docs/reliability.md.
 FUZZ = settings(max_examples=int(os.environ.get("BYOL_FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
