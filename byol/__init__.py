@@ -10,21 +10,45 @@ The core works inside your own training loop:
 
 __version__ = "0.1.0"
 
-from .augment import VIEW1, VIEW2, BYOLAugment, ViewAugment, ViewConfig, without
+from .augment import VIEW1, VIEW2, BYOLAugment, MultiCropAugment, ViewAugment, ViewConfig, without
 from .backbones import build_backbone
 from .collapse import effective_rank, embedding_std, is_collapsed
-from .loss import byol_loss, negatives_term, nt_xent_loss
-from .methods import SimCLR, SimSiam, build_method
-from .model import BYOL, MLPHead, ViewOutputs
+from .learner import Learner, ViewOutputs
+from .loss import (
+    barlow_twins_loss,
+    byol_loss,
+    dino_loss,
+    moco_loss,
+    negatives_term,
+    nt_xent_loss,
+    sinkhorn,
+    swav_loss,
+    vicreg_loss,
+)
+from .methods import DINO, BarlowTwins, MoCo, SimCLR, SimSiam, SwAV, VICReg, build_method
+from .model import BYOL, MLPHead
 from .optim import LARS, lars_param_groups
 from .schedules import learning_rate, scaled_lr, target_tau
 
 __all__ = [
     "BYOL",
+    "DINO",
     "LARS",
+    "BarlowTwins",
+    "Learner",
+    "MoCo",
+    "SwAV",
+    "VICReg",
+    "barlow_twins_loss",
+    "dino_loss",
+    "moco_loss",
+    "sinkhorn",
+    "swav_loss",
+    "vicreg_loss",
     "VIEW1",
     "VIEW2",
     "BYOLAugment",
+    "MultiCropAugment",
     "MLPHead",
     "SimCLR",
     "SimSiam",

@@ -1,9 +1,11 @@
-"""`byol ablate`: the paper's ablations run with our code, side by side, resumable.
+"""`byol ablate`: the paper's ablations, and the methods of its comparison table, run with our code
+side by side, resumable.
 
 Each variant is an ordinary `byol train` run (in DIR/runs/NAME) followed by kNN and linear evaluation
 of its encoder; its result is written to DIR/runs/NAME/ablation.json the moment it is known, so an
 interrupted suite picks up where it stopped (a half-trained variant resumes from its checkpoint).
-DIR/ablations.md and DIR/ablations.png are rewritten after every variant.
+DIR/<suite output>.md and .png (ablations for `paper`, methods for `methods`) are rewritten after
+every variant.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import atomic_write
@@ -34,6 +37,7 @@ class Variant:
     group: str  # the paper table it belongs to
     overrides: dict
     paper: str = "–"  # the paper's ImageNet top-1 for this row (300 epochs), for context
+    references: dict = field(default_factory=dict)  # published figures for the row, labelled as not ours
 
 
 def paper_suite(base: TrainConfig) -> list[Variant]:
@@ -63,7 +67,53 @@ def paper_suite(base: TrainConfig) -> list[Variant]:
     return variants
 
 
-SUITES = {"paper": paper_suite}
+# The seed document's ImageNet top-1 (ResNet-50 linear; DINO's 77.0 is its ViT figure, the RN50 release is
+# 75.3) and solo-learn's CIFAR-10 ResNet-18 1000-epoch linear top-1: references beside our rows, not ours.
+METHOD_REFERENCES = {"byol": ("74.3", "92.58"), "simclr": ("69.3", "–"), "simsiam": ("–", "–"),
+                     "mocov2": ("71.1", "92.94"), "swav": ("75.3", "89.17"), "dino": ("77.0", "89.52"),
+                     "barlowtwins": ("73.2", "92.10"), "vicreg": ("–", "92.07")}
+
+
+def methods_suite(base: TrainConfig) -> list[Variant]:
+    """Every method on the suite's backbone, data, epochs, batch, optimizer and BYOL's augmentation family,
+    each with its own heads, temperatures, queue, prototypes and multi-crop at the suite's size
+    (docs/methods.md says where each departs from its official recipe, and why)."""
+    wide = max(base.projector_hidden_dim, 2048)  # the redundancy-reduction methods need wide projections
+    own = {
+        "byol": {},
+        "simclr": {},
+        "simsiam": {},
+        "mocov2": dict(queue_size=16 * base.batch_size, temperature=0.2),
+        "swav": dict(prototypes=3000, temperature=0.1, freeze_head_epochs=0.1, crop_min_scale=0.14, local_crops=6,
+                     local_crop_scale=(0.05, 0.14)),
+        "dino": dict(prototypes=4096, temperature=0.1, teacher_temperature=0.07, teacher_temperature_start=0.07,
+                     clip_grad=3.0, freeze_head_epochs=0.1, crop_min_scale=0.14, local_crops=6,
+                     local_crop_scale=(0.05, 0.14)),
+        "barlowtwins": dict(projection_dim=wide, projector_hidden_dim=wide, lambda_offdiag=0.0051),
+        "vicreg": dict(projection_dim=wide, projector_hidden_dim=wide),
+    }
+    return [Variant(method, "method", {"method": method, **options},
+                    references={"seed ImageNet": METHOD_REFERENCES[method][0],
+                                "solo-learn CIFAR-10": METHOD_REFERENCES[method][1]})
+            for method, options in own.items()]
+
+
+@dataclass(frozen=True)
+class Suite:
+    variants: Callable[[TrainConfig], list[Variant]]
+    output: str  # DIR/<output>.md and .png
+    references: tuple[str, ...]  # reference columns beside the measured ones
+    about: str  # what the references mean, under the title
+
+
+SUITES = {
+    "paper": Suite(paper_suite, "ablations", ("paper",), "`paper` is the paper's ImageNet top-1 (300 epochs) for the "
+                   "same change, for the pattern, not the value."),
+    "methods": Suite(methods_suite, "methods", ("seed ImageNet", "solo-learn CIFAR-10"),
+                     "`seed ImageNet` is the ImageNet top-1 the project's seed document gives for the method and "
+                     "`solo-learn CIFAR-10` solo-learn's CIFAR-10 ResNet-18 linear top-1 (1000 epochs): published "
+                     "references at other scales, not ours."),
+}
 
 
 def run_suite(suite: str, preset: str, out: str, config_file: str | None = None, quiet: bool = False) -> Path:
@@ -75,7 +125,7 @@ def run_suite(suite: str, preset: str, out: str, config_file: str | None = None,
     # Monitors that do not change the table are off: they cost time and each run is evaluated after.
     base = dataclasses.replace(base, knn_every=0, online_probe=False, tensorboard=False)
     out_dir = Path(out)
-    variants = SUITES[suite](base)
+    variants = SUITES[suite].variants(base)
     results = []
     with verbosity(quiet):
         for number, variant in enumerate(variants, 1):
@@ -91,7 +141,7 @@ def run_suite(suite: str, preset: str, out: str, config_file: str | None = None,
             write_outputs(out_dir, results, suite, preset, base)
         reference = reference_scores(out_dir, variants[0], base, preset)
     write_outputs(out_dir, results, suite, preset, base, reference)
-    return out_dir / "ablations.md"
+    return out_dir / f"{SUITES[suite].output}.md"
 
 
 def run_variant(variant: Variant, base: TrainConfig, run: RunDir, preset: str) -> dict:
@@ -100,15 +150,16 @@ def run_variant(variant: Variant, base: TrainConfig, run: RunDir, preset: str) -
     cfg.validate()
     started = time.perf_counter()
     result = {"name": variant.name, "group": variant.group, "method": cfg.method, "overrides": variant.overrides,
-              "paper_top1": variant.paper}
+              "paper_top1": variant.paper, "references": {**variant.references, "paper": variant.paper}}
     try:
-        train(cfg, quiet=True)
+        summary = train(cfg, quiet=True)
         report = evaluate_encoder(str(run.encoder), ["knn", "linear"], cfg.dataset, cfg.data, cfg.device,
                                   baselines=False, linear_epochs=base_linear_epochs(preset), quiet=True)
         last = run.last_metrics_with("embedding_std")
         result.update(knn_top1=report["knn_top1"], linear_top1=report["linear_top1"],
                       embedding_std=last.get("embedding_std"), effective_rank=last.get("effective_rank"),
-                      projection_dim=cfg.projection_dim)
+                      projection_dim=cfg.projection_dim,
+                      images_per_s=summary.get("images_per_s"), train_s=summary.get("wall_s"))
     except UserError as error:
         # A variant that diverges is a result too (the paper's collapsed rows); record it, go on.
         result["error"] = str(error)
@@ -165,35 +216,45 @@ def collapsed(result: dict) -> bool:
 def write_outputs(out_dir: Path, results: list[dict], suite: str, preset: str, base: TrainConfig,
                   reference: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    spec = SUITES[suite]
+    columns = ["group", "variant", "method", "kNN top-1", "linear top-1", "images/s", "wall (min)",
+               "embedding_std×√d", "effective rank", "collapsed", *spec.references]
     lines = [
-        f"# Ablations: suite `{suite}`, preset `{preset}`",
+        f"# `byol ablate --suite {suite}`, preset `{preset}`",
         "",
         f"Base recipe: {base.dataset}, {base.backbone} ×{base.width} ({base.stem} stem), {base.epochs} epochs, "
         f"batch {base.batch_size}, {base.optimizer} lr {base.lr}, τ_base {base.base_tau}. Every row changes only "
-        "what its name says. kNN (k=200) and linear top-1 on the full test split; embedding_std×√d is 1 for "
-        "embeddings spread evenly over the sphere and 0 for a collapsed run; effective rank is RankMe of the "
-        "representation on the last logged batch. `paper` is the paper's ImageNet top-1 (300 epochs) for the "
-        "same change, for the pattern, not the value.",
+        "what its name says. kNN (k=200) and linear top-1 on the full test split; images/s over the training run; "
+        "wall time of training and evaluation; embedding_std×√d is 1 for embeddings spread evenly over the sphere "
+        "and 0 for a collapsed run; effective rank is RankMe of the representation on the last logged batch. "
+        + spec.about,
         "",
-        "| group | variant | method | kNN top-1 | linear top-1 | embedding_std×√d | effective rank | collapsed | paper |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['group']} | {r['name']} | {r['method']} | failed: {r['error']} | | | | | {r['paper_top1']} |")
-            continue
-        lines.append(f"| {r['group']} | {r['name']} | {r['method']} | {_number(r['knn_top1'])} | "
-                     f"{_number(r['linear_top1'])} | {_number(std_ratio(r), 3)} | {_number(r['effective_rank'], 1)} | "
-                     f"{'yes' if collapsed(r) else 'no'} | {r['paper_top1']} |")
+    lines += [_row(r, spec.references) for r in results]
     if reference:
+        blank = " |" * (len(columns) - 5)
         lines.append(f"| reference | random-init encoder | – | {_number(reference['random_init_knn_top1'])} | "
-                     f"{_number(reference['random_init_linear_top1'])} | | | | |")
+                     f"{_number(reference['random_init_linear_top1'])} |{blank}")
         lines.append(f"| reference | raw pixels | – | {_number(reference['raw_pixel_knn_top1'])} | "
-                     f"{_number(reference['raw_pixel_linear_top1'])} | | | | |")
+                     f"{_number(reference['raw_pixel_linear_top1'])} |{blank}")
     total = sum(r.get("wall_s", 0) for r in results)
     lines += ["", f"{len(results)} variants, {total / 60:.1f} min of training and evaluation."]
-    atomic_write(out_dir / "ablations.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    write_png(out_dir / "ablations.png", results)
+    atomic_write(out_dir / f"{spec.output}.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    write_png(out_dir / f"{spec.output}.png", results)
+
+
+def _row(r: dict, reference_columns: tuple[str, ...]) -> str:
+    references = [r.get("references", {}).get(name, r.get("paper_top1", "–") if name == "paper" else "–")
+                  for name in reference_columns]
+    head = f"| {r['group']} | {r['name']} | {r['method']} |"
+    if "error" in r:
+        return head + f" failed: {r['error']} |" + " |" * 6 + "".join(f" {x} |" for x in references)
+    cells = [_number(r["knn_top1"]), _number(r["linear_top1"]), _number(r.get("images_per_s"), 0),
+             _number(r["wall_s"] / 60 if r.get("wall_s") else None, 1), _number(std_ratio(r), 3),
+             _number(r["effective_rank"], 1), "yes" if collapsed(r) else "no", *references]
+    return head + "".join(f" {c} |" for c in cells)
 
 
 def write_png(path: Path, results: list[dict]) -> None:

@@ -287,6 +287,31 @@ class BYOLAugment(torch.nn.Module):
         return self.view1(images), self.view2(images)
 
 
+# Multi-crop's small crops (DINO's and SwAV's official recipes): no solarize, blur half the time.
+LOCAL_VIEW = ViewConfig(crop_scale=(0.05, 0.14), blur_prob=0.5)
+
+
+def local_size_for(image_size: int) -> int:
+    """The local crops' default side: 96/224 of the global crops', as in the official recipes (at least 8)."""
+    return max(8, round(image_size * 3 / 7))
+
+
+class MultiCropAugment(torch.nn.Module):
+    """BYOL's two global views plus `local_crops` small ones: `view1, view2, *locals = augment(images)`.
+
+    The global views may be BYOLAugment's; every local crop is drawn with `local_view` at `local_size`
+    pixels. SwAV and DINO run same-sized crops through the encoder together."""
+
+    def __init__(self, image_size: int, mean, std, local_crops: int, local_size: int, view1: ViewConfig = VIEW1,
+                 view2: ViewConfig = VIEW2, local_view: ViewConfig = LOCAL_VIEW):
+        super().__init__()
+        self.globals = BYOLAugment(image_size, mean, std, view1, view2)
+        self.locals = torch.nn.ModuleList(ViewAugment(local_size, mean, std, local_view) for _ in range(local_crops))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (*self.globals(images), *(local(images) for local in self.locals))
+
+
 class EvalTransform(torch.nn.Module):
     """Deterministic preprocessing for evaluation: resize to the training size and normalise."""
 

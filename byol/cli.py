@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 
 from . import __version__
-from .ablate import run_suite
+from .ablate import SUITE_PRESETS, SUITES, run_suite
 from .bench import bench, format_result
 from .config import FIELDS, PRESETS, TrainConfig, check_options, flag, resolve
 from .data import DATASETS
@@ -26,9 +27,11 @@ _TYPES = typing.get_type_hints(TrainConfig)
 
 
 def _base_type(name: str):
+    """The field's type without its `| None`."""
     hint = _TYPES[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    if typing.get_origin(hint) is types.UnionType:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, names=None, defaults: dict | None = None) -> None:
@@ -43,6 +46,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, names=None, defaults: 
         options = {"dest": name, "help": meta["help"] + shown, "default": (defaults or {}).get(name)}
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            options.update(type=typing.get_args(kind)[0], nargs=len(typing.get_args(kind)), metavar=meta["metavar"])
         else:
             options.update(type=kind, metavar=meta["metavar"] or {int: "N", float: "X"}.get(kind, "TEXT"))
             if meta["choices"]:
@@ -178,9 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare", metavar="LIST", help="peers to run in the same process: byol-pytorch,lightly")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
-    ablate = command("ablate", "the paper's ablations and SimCLR/SimSiam baselines, side by side", cmd_ablate)
-    ablate.add_argument("--suite", default="paper", help="which grid (paper)")
-    ablate.add_argument("--preset", default="cpu", help="smoke (minutes), cpu (about an hour on 2 cores) or gpu")
+    ablate = command("ablate", "the paper's ablations, or the methods of its comparison table, side by side",
+                     cmd_ablate)
+    ablate.add_argument("--suite", default="paper", choices=tuple(SUITES),
+                        help="paper: BYOL's ablations and baselines; methods: the eight methods")
+    ablate.add_argument("--preset", default="cpu", choices=tuple(SUITE_PRESETS),
+                        help="smoke (minutes), cpu (about an hour on 2 cores for paper) or gpu")
     ablate.add_argument("--config", metavar="FILE", help="YAML options applied to every variant (e.g. your dataset)")
     ablate.add_argument("--out", default="runs/ablations", metavar="DIR", help="runs, ablations.md and .png go here")
     ablate.add_argument("--quiet", action="store_true")

@@ -22,7 +22,7 @@ from .backbones import ARCHITECTURES, STEMS
 from .data import DATASETS
 from .device import PRECISIONS
 from .errors import UserError
-from .methods import METHODS
+from .methods import METHODS, method_defaults
 from .norm import NORMS
 from .optim import OPTIMIZERS
 
@@ -58,6 +58,11 @@ def resnet_size(value) -> str | None:
 
 def epochs_or_off(value) -> str | None:
     return None if value >= 0 else "must be 0 (off) or a number of epochs"
+
+
+def crop_range(value) -> str | None:
+    low, high = value
+    return None if 0 < low <= high <= 1 else f"must be 0 < MIN ≤ MAX ≤ 1, got {low} {high}"
 
 
 def augmentation_names(value) -> str | None:
@@ -109,14 +114,41 @@ class TrainConfig:
                                    metavar="S")
     aug_remove: str = option("", f"augmentations to drop, comma-separated: {', '.join(REMOVABLE)} (ablations)",
                              check=augmentation_names, metavar="LIST")
-    # method and its ablation switches
-    method: str = option("byol", "byol, or a baseline on the same backbone, data and optimizer", choices=METHODS)
+    local_crops: int = option(0, "multi-crop: small crops per image beside the two global ones (swav, dino)",
+                              check=non_negative, metavar="N")
+    local_size: int | None = option(None, "side of the local crops (default: 3/7 of the image size, 96 for 224)",
+                                    check=resnet_size, metavar="PX")
+    local_crop_scale: tuple[float, float] = option((0.05, 0.14), "area fraction range of the local crops",
+                                                   check=crop_range, metavar=("MIN", "MAX"))
+    # method and its ablation switches; a method's own defaults come from its recipe (methods/__init__.py)
+    method: str = option("byol", "byol, or a method of the comparison on the same backbone, data and evaluation "
+                         "(each with its own recipe's defaults: docs/methods.md)", choices=METHODS)
     predictor: bool = option(True, "--no-predictor: the paper's ablation without the predictor (collapses)")
     negatives_beta: float = option(0.0, "weight β of the appendix's contrastive term (0: BYOL)", check=non_negative,
                                    metavar="B")
-    temperature: float = option(0.1, "α of the negatives term; SimCLR's NT-Xent temperature", check=positive)
+    temperature: float = option(0.1, "α of BYOL's negatives term; the contrastive or student temperature of "
+                                "simclr, mocov2, swav, dino", check=positive)
     norm: str = option("batch", "batch norm, or group-ws: GroupNorm + Weight Standardization in encoder and heads",
                        choices=NORMS)
+    queue_size: int = option(0, "mocov2: negatives kept from earlier batches; swav: embeddings kept for the codes",
+                             check=non_negative, metavar="N")
+    queue_start_epoch: float = option(0.0, "swav: the epoch the queue starts", check=non_negative, metavar="EPOCH")
+    prototypes: int = option(3000, "swav: prototypes; dino: the head's output size", check=positive, metavar="K")
+    sinkhorn_epsilon: float = option(0.05, "swav: Sinkhorn's entropy ε", check=positive)
+    sinkhorn_iterations: int = option(3, "swav: Sinkhorn-Knopp iterations", check=positive)
+    freeze_head_epochs: float = option(0.0, "swav: prototypes, dino: the head's last layer, frozen this long",
+                                       check=non_negative, metavar="EPOCHS")
+    teacher_temperature: float = option(0.04, "dino: the teacher's temperature after its warm-up", check=positive)
+    teacher_temperature_start: float = option(0.04, "dino: the teacher's temperature at epoch 0", check=positive)
+    teacher_temperature_epochs: float = option(0.0, "dino: epochs of the teacher temperature's warm-up",
+                                               check=non_negative, metavar="EPOCHS")
+    center_momentum: float = option(0.9, "dino: momentum of the teacher-output centre", check=unit_interval)
+    clip_grad: float = option(0.0, "clip each parameter's gradient to this norm (0: off; dino's recipe: 3)",
+                              check=non_negative)
+    lambda_offdiag: float = option(0.0051, "barlowtwins: weight λ of the off-diagonal term", check=non_negative)
+    sim_weight: float = option(25.0, "vicreg: weight of the invariance term", check=non_negative)
+    var_weight: float = option(25.0, "vicreg: weight of the variance term", check=non_negative)
+    cov_weight: float = option(1.0, "vicreg: weight of the covariance term", check=non_negative)
     # model
     backbone: str = option("resnet18", "encoder architecture", choices=ARCHITECTURES)
     width: float = option(1.0, "channel-width multiplier of the ResNet (0.25 = quarter width)", check=positive)
@@ -134,9 +166,18 @@ class TrainConfig:
     optimizer: str = option("lars", "lars (the paper's), momentum sgd, or adamw", choices=OPTIMIZERS)
     momentum: float = option(0.9, "momentum (LARS, SGD); AdamW's β₁")
     weight_decay: float = option(1.5e-6, "never applied to biases and norm parameters", check=non_negative)
+    final_weight_decay: float | None = option(None, "cosine weight-decay schedule to this value (dino's ViT recipe)",
+                                              check=non_negative, metavar="X")
     trust_coefficient: float = option(1e-3, "LARS η")
+    clip_lr: bool = option(False, "LARS: no layer's effective LR above the global one (solo-learn's variant)")
+    lr_floor: float = option(0.0, "the cosine ends at this fraction of the peak LR (0.001 in several recipes)",
+                             check=unit_interval, metavar="F")
+    bias_lr_multiplier: float = option(1.0, "LR multiplier of biases and norm parameters (barlowtwins: 0.024)",
+                                       check=non_negative, metavar="X")
     base_tau: float = option(0.996, "τ_base of the target EMA schedule; 0 = stop-gradient online network, "
                              "1 = fixed random target", check=unit_interval, aliases=("--tau-base",))
+    final_tau: float = option(1.0, "τ at the end of the run (BYOL's 1; mocov2's official recipe is constant)",
+                              check=unit_interval)
     # runtime
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name, trajectory=False,
                          metavar="DEVICE")
@@ -176,8 +217,15 @@ class TrainConfig:
             if problem:
                 raise UserError(f"{flag(field.name)}: {problem}")
         if self.method != "byol" and (not self.predictor or self.negatives_beta):
-            raise UserError("--method: --no-predictor and --negatives-beta are BYOL ablations; use them with "
-                            "--method byol")
+            raise UserError(f"--method {self.method}: --no-predictor and --negatives-beta are BYOL ablations; use them "
+                            "with --method byol")
+        if self.local_crops and not METHODS[self.method].accepts_local_views:
+            takers = [name for name, cls in METHODS.items() if cls.accepts_local_views]
+            raise UserError(f"--local-crops {self.local_crops}: --method {self.method} takes no local crops (only "
+                            f"{', '.join(takers)})")
+        if self.method == "mocov2" and (not self.queue_size or self.queue_size % self.batch_size):
+            raise UserError(f"--queue-size {self.queue_size}: --method mocov2 needs a queue that is a multiple of "
+                            f"--batch-size {self.batch_size}")
         if self.subset is not None and self.subset < self.batch_size:
             raise UserError(f"--subset: {self.subset} images make no full batch of {self.batch_size}")
         return self
@@ -231,6 +279,11 @@ def _coerce(name: str, value, source: str):
             return None
         raise UserError(f"{source}: '{name}' needs a value (an empty YAML key is null)")
     try:
+        if kind.startswith("tuple"):  # two numbers: a YAML list or the command line's two values
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            low, high = (float(v) for v in value)
+            return (low, high)
         if "bool" in kind:
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -289,14 +342,24 @@ def preset_values(name: str) -> dict:
 
 
 def resolve(preset: str | None = None, config_file: str | None = None, overrides: dict | None = None) -> TrainConfig:
-    """defaults ← preset ← YAML file ← overrides (None values in overrides are ignored)."""
-    config = TrainConfig()
+    """defaults ← the method's recipe ← preset ← YAML file ← overrides (None values in overrides are ignored).
+
+    The method is the last layer's that names one; its official recipe's values (methods.method_defaults)
+    replace BYOL's defaults, and everything the user gives overrides them."""
+    layers = []
     if preset:
-        config = merge(config, preset_values(preset), f"preset {preset}")
+        layers.append((preset_values(preset), f"preset {preset}"))
     if config_file:
-        config = merge(config, read_yaml(config_file), config_file)
+        layers.append((read_yaml(config_file), config_file))
     if overrides:
-        config = merge(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
+        layers.append(({k: v for k, v in overrides.items() if v is not None}, "command line"))
+    method = next((values["method"] for values, _ in reversed(layers) if values.get("method") is not None), "byol")
+    config = TrainConfig()
+    if isinstance(method, str) and method in METHODS:
+        recipe = {k: v for k, v in method_defaults(method).items() if k in FIELDS}
+        config = merge(config, recipe, f"method {method}")
+    for values, source in layers:
+        config = merge(config, values, source)
     return config.validate()
 
 

@@ -18,6 +18,7 @@ Outside torchrun (WORLD_SIZE unset or 1) every function here is a no-op, so one 
 
 from __future__ import annotations
 
+import inspect
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError
+
+_DDP_OPTIONS = inspect.signature(DistributedDataParallel).parameters
 
 
 @dataclass(frozen=True)
@@ -281,8 +284,10 @@ def wrap(learner: nn.Module, device: torch.device) -> nn.Module:
         return learner
     per_process_norm = any(isinstance(m, _BatchNorm) and not isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm))
                            for m in learner.modules())
+    # torch 2.14 renamed the switch; both leave the initial broadcast of rank 0's buffers in place.
+    switch = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_OPTIONS else "broadcast_buffers"
     return DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=per_process_norm)
+                                   **{switch: per_process_norm})
 
 
 def unwrap(model: nn.Module) -> nn.Module:

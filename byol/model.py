@@ -20,13 +20,13 @@ under stop-gradient, 1 keeps the initial random target.
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .backbones import first_conv_in_channels, infer_feature_dim
 from .distributed import gather
+from .learner import Learner, ViewOutputs
 from .loss import byol_loss, negatives_term
 from .norm import WSLinear, check_norm, group_norm
 
@@ -47,20 +47,15 @@ class MLPHead(nn.Sequential):
         )
 
 
-class ViewOutputs(NamedTuple):
-    """What a learner computed on the way to its loss, for monitors (probe, collapse)."""
-
-    representations: tuple[torch.Tensor, torch.Tensor]  # online encoder outputs y₁, y₂
-    projections: tuple[torch.Tensor, torch.Tensor]  # online projector outputs
-
-
-class BYOL(nn.Module):
+class BYOL(Learner):
     """`loss = learner(view1, view2)`; after each optimizer step, `learner.update_target(tau)`.
 
     `backbone` maps images (B, C, H, W) to features (B, D). With `feature_dim=None` D is found by a
     dry run on `input_shape` (default: the backbone's first conv's channels, 64×64).
     `learner.online_encoder` is the network to keep after training.
     """
+
+    has_target = True
 
     def __init__(
         self,
@@ -109,13 +104,15 @@ class BYOL(nn.Module):
     def target(self, view: torch.Tensor) -> torch.Tensor:
         return self.target_projector(self.target_encoder(view))
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, return_outputs: bool = False):
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,
+                return_outputs: bool = False):
         """Symmetrised loss ℓ(p₁, z₂) + ℓ(p₂, z₁), averaged over the batch (summed over the two terms,
         as the paper does: averaging them would halve the gradient against weight decay).
 
         With `return_outputs=True` returns `(loss, ViewOutputs)`: the online representations and
         projections, e.g. for an online linear probe or the collapse monitor (detach them first).
         """
+        self.check_views(local_views)
         y1, g1, p1 = self.online(view1)
         y2, g2, p2 = self.online(view2)
         z1 = self.target(view1)

@@ -17,10 +17,12 @@ def is_excluded_from_lars(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1
 
 
-def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def lars_param_groups(model: nn.Module, weight_decay: float, excluded_lr_multiplier: float = 1.0) -> list[dict]:
     """Two groups for any model: adapted + decayed weights, and excluded biases/norm parameters.
 
-    Parameters with requires_grad=False (BYOL's target network) are left out.
+    Parameters with requires_grad=False (BYOL's target network) are left out. `lr_multiplier` is the
+    group's share of the scheduled LR (Barlow Twins' official recipe gives biases and norm parameters
+    0.0048/0.2 of the weights' LR); `byol train` applies it when it sets the LR each step.
     """
     adapted, excluded = [], []
     for name, param in model.named_parameters():
@@ -28,8 +30,8 @@ def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         (excluded if is_excluded_from_lars(name, param) else adapted).append(param)
     return [
-        {"params": adapted, "weight_decay": weight_decay, "lars_exclude": False},
-        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},
+        {"params": adapted, "weight_decay": weight_decay, "lars_exclude": False, "lr_multiplier": 1.0},
+        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True, "lr_multiplier": excluded_lr_multiplier},
     ]
 
 
@@ -41,7 +43,9 @@ class LARS(torch.optim.Optimizer):
         g ← g · trust_coefficient · ‖w‖ / ‖g‖      (1 when either norm is 0)
         v ← momentum · v + lr · g
         w ← w − v
-    The learning rate sits inside the momentum buffer, as in the official code.
+    The learning rate sits inside the momentum buffer, as in the official code. With `clip_lr` (solo-learn's
+    variant for SwAV, DINO, Barlow Twins and VICReg recipes) the trust ratio is capped so that no layer's
+    effective LR exceeds the global one: trust ← min(trust / lr, 1).
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class LARS(torch.optim.Optimizer):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         trust_coefficient: float = 1e-3,
+        clip_lr: bool = False,
     ):
         if lr < 0:
             raise ValueError(f"LARS: invalid learning rate {lr}")
@@ -60,6 +65,7 @@ class LARS(torch.optim.Optimizer):
             weight_decay=weight_decay,
             trust_coefficient=trust_coefficient,
             lars_exclude=False,
+            clip_lr=clip_lr,
         )
         super().__init__(params, defaults)
 
@@ -90,6 +96,8 @@ class LARS(torch.optim.Optimizer):
             # torch.where keeps this free of host-device synchronisation.
             trust = torch.where((param_norms > 0) & (grad_norms > 0),
                                 group["trust_coefficient"] * param_norms / grad_norms, torch.ones_like(param_norms))
+            if group.get("clip_lr") and group["lr"] > 0:
+                trust = torch.clamp(trust / group["lr"], max=1.0)
             grads = torch._foreach_mul(grads, trust.unbind())
         buffers = []
         for param in params:
@@ -102,26 +110,28 @@ class LARS(torch.optim.Optimizer):
         torch._foreach_sub_(params, buffers)
 
 
-def _lars(groups: list[dict], momentum: float, trust_coefficient: float) -> torch.optim.Optimizer:
-    return LARS(groups, lr=0.0, momentum=momentum, trust_coefficient=trust_coefficient)
+def _lars(groups: list[dict], momentum: float, trust_coefficient: float, clip_lr: bool) -> torch.optim.Optimizer:
+    return LARS(groups, lr=0.0, momentum=momentum, trust_coefficient=trust_coefficient, clip_lr=clip_lr)
 
 
-def _sgd(groups: list[dict], momentum: float, trust_coefficient: float) -> torch.optim.Optimizer:
+def _sgd(groups: list[dict], momentum: float, trust_coefficient: float, clip_lr: bool) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=0.0, momentum=momentum)
 
 
-def _adamw(groups: list[dict], momentum: float, trust_coefficient: float) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict], momentum: float, trust_coefficient: float, clip_lr: bool) -> torch.optim.Optimizer:
     # β₁ = momentum; biases and norm parameters stay out of weight decay, as with LARS.
     return torch.optim.AdamW(groups, lr=0.0, betas=(momentum, 0.999))
 
 
-# name → builder(param_groups, momentum, trust_coefficient); the LR is set by the caller every step.
+# name → builder(param_groups, momentum, trust_coefficient, clip_lr); the LR is set by the caller every step.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"lars": _lars, "sgd": _sgd, "adamw": _adamw}
 
 
 def build_optimizer(name: str, model: nn.Module, weight_decay: float, momentum: float = 0.9,
-                    trust_coefficient: float = 1e-3) -> torch.optim.Optimizer:
-    """An optimizer from `OPTIMIZERS` over `lars_param_groups(model, weight_decay)`, at LR 0."""
+                    trust_coefficient: float = 1e-3, clip_lr: bool = False,
+                    excluded_lr_multiplier: float = 1.0) -> torch.optim.Optimizer:
+    """An optimizer from `OPTIMIZERS` over `lars_param_groups(model, ...)`, at LR 0."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{name}'; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](lars_param_groups(model, weight_decay), momentum, trust_coefficient)
+    groups = lars_param_groups(model, weight_decay, excluded_lr_multiplier)
+    return OPTIMIZERS[name](groups, momentum, trust_coefficient, clip_lr)

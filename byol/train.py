@@ -121,7 +121,8 @@ def step_record(cfg: TrainConfig, trainer: Trainer, window: LossWindow, result, 
     probe's accuracy, then (at an epoch end) the kNN monitor's barrier."""
     loss, images_per_s = window.close(cfg.batch_size)
     record = {"step": step, "epoch": step / trainer.schedule.steps_per_epoch, "loss": loss, "lr": result.lr,
-              **({"tau": result.tau} if cfg.method == "byol" else {}), "images_per_s": images_per_s,
+              **({"tau": result.tau} if getattr(trainer.learner, "has_target", False) else {}),
+              "images_per_s": images_per_s,
               "world_size": trainer.context.world_size}
     record.update(trainer.monitor.log_values())
     if not math.isfinite(loss):

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from .augment import VIEW1, VIEW2, BYOLAugment, EvalTransform, without
+from .augment import LOCAL_VIEW, VIEW1, VIEW2, BYOLAugment, EvalTransform, MultiCropAugment, local_size_for, without
 from .backbones import build_backbone, resolve_stem
 from .checkpoint import EncoderInfo, TrainingState
 from .config import TrainConfig, changed_trajectory_keys
@@ -31,48 +31,58 @@ from .model import ViewOutputs
 from .monitor import Monitor
 from .optim import build_optimizer
 from .rng import augmentation_seed, rng_state, set_rng_state
-from .schedules import learning_rate, scaled_lr, target_tau
+from .schedules import learning_rate, scaled_lr, target_tau, weight_decay
 
 
 def build_learner(cfg: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
     """The configured method around the configured backbone, on the CPU, in the default memory format."""
     backbone = build_backbone(cfg.backbone, cfg.width, image_size, channels, cfg.stem, cfg.norm)
-    return build_method(cfg.method, backbone, backbone.feature_dim, projection_dim=cfg.projection_dim,
-                        projector_hidden_dim=cfg.projector_hidden_dim, predictor_hidden_dim=cfg.predictor_hidden_dim,
-                        predictor=cfg.predictor, negatives_beta=cfg.negatives_beta, temperature=cfg.temperature,
-                        norm=cfg.norm)
+    # Every option the method's constructor names (head sizes, temperatures, queue, ...) comes from the config.
+    return build_method(cfg.method, backbone, backbone.feature_dim, **cfg.to_dict())
 
 
 def optimizer_for(cfg: TrainConfig, learner: torch.nn.Module) -> torch.optim.Optimizer:
     """The configured optimizer over the learner's trainable parameters, at LR 0 (the schedule sets it)."""
-    return build_optimizer(cfg.optimizer, learner, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
+    return build_optimizer(cfg.optimizer, learner, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient,
+                           cfg.clip_lr, cfg.bias_lr_multiplier)
 
 
-def build_augment(cfg: TrainConfig, image_size: int, mean, std) -> BYOLAugment:
-    """The two view pipelines with the configured crop scale and ablations."""
+def build_augment(cfg: TrainConfig, image_size: int, mean, std) -> torch.nn.Module:
+    """The two view pipelines with the configured crop scale and ablations, and the local crops of
+    multi-crop when asked for."""
     crop_scale, removed = (cfg.crop_min_scale, 1.0), cfg.removed_augmentations()
-    return BYOLAugment(image_size, mean, std, without(dataclasses.replace(VIEW1, crop_scale=crop_scale), removed),
-                       without(dataclasses.replace(VIEW2, crop_scale=crop_scale), removed))
+    view1 = without(dataclasses.replace(VIEW1, crop_scale=crop_scale), removed)
+    view2 = without(dataclasses.replace(VIEW2, crop_scale=crop_scale), removed)
+    if not cfg.local_crops:
+        return BYOLAugment(image_size, mean, std, view1, view2)
+    local = without(dataclasses.replace(LOCAL_VIEW, crop_scale=cfg.local_crop_scale), removed)
+    return MultiCropAugment(image_size, mean, std, cfg.local_crops, cfg.local_size or local_size_for(image_size),
+                            view1, view2, local)
 
 
 def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, images: torch.Tensor, tau: float,
                   memory_format: torch.memory_format = torch.contiguous_format, amp_dtype: torch.dtype | None = None):
-    """One step on a batch already on the device: both views, loss, update, target EMA.
+    """One step on a batch already on the device: the views, loss, update, target EMA.
 
-    `learner` may be wrapped in DistributedDataParallel (gradients averaged over ranks). Returns the
-    loss and the learner's ViewOutputs, both still on the device.
+    `learner` may be wrapped in DistributedDataParallel (gradients averaged over ranks). Between backward
+    and the optimizer step the learner may change gradients (`before_optimizer_step`: freezing, clipping),
+    after fp16's scaler has unscaled them. Returns the loss and the learner's ViewOutputs, both still on
+    the device.
     """
-    view1, view2 = augment(images)
-    view1 = view1.contiguous(memory_format=memory_format)
-    view2 = view2.contiguous(memory_format=memory_format)
+    views = [view.contiguous(memory_format=memory_format) for view in augment(images)]
     with autocast(images.device, amp_dtype):
-        loss, outputs = learner(view1, view2, return_outputs=True)
+        loss, outputs = learner(*views, return_outputs=True)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)
+    inner = unwrap(learner)
+    if hasattr(inner, "before_optimizer_step"):  # any module with BYOL's surface works, a Learner or not
+        inner.before_optimizer_step()
     scaler.step(optimizer)
     scaler.update()
-    unwrap(learner).update_target(tau)
+    inner.update_target(tau)
     return loss, outputs
 
 
@@ -85,18 +95,25 @@ class Schedule:
     warmup_steps: int
     peak_lr: float
     base_tau: float
+    final_tau: float = 1.0
+    lr_floor: float = 0.0  # the cosine's end, as a fraction of the peak
+    weight_decays: tuple[float, float] | None = None  # (start, end) of a cosine weight-decay schedule
 
     @classmethod
     def for_run(cls, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
         # The peak LR scales with the global batch, whatever the number of processes.
+        decays = None if cfg.final_weight_decay is None else (cfg.weight_decay, cfg.final_weight_decay)
         return cls(steps_per_epoch, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch),
-                   scaled_lr(cfg.lr, cfg.batch_size), cfg.base_tau)
+                   scaled_lr(cfg.lr, cfg.batch_size), cfg.base_tau, cfg.final_tau, cfg.lr_floor, decays)
 
     def lr(self, step: int) -> float:
-        return learning_rate(step, self.total_steps, self.warmup_steps, self.peak_lr)
+        return learning_rate(step, self.total_steps, self.warmup_steps, self.peak_lr, self.lr_floor * self.peak_lr)
 
     def tau(self, step: int) -> float:
-        return target_tau(step, self.total_steps, self.base_tau)
+        return target_tau(step, self.total_steps, self.base_tau, self.final_tau)
+
+    def weight_decay(self, step: int) -> float | None:
+        return None if self.weight_decays is None else weight_decay(step, self.total_steps, *self.weight_decays)
 
 
 class StepResult(NamedTuple):
@@ -165,9 +182,12 @@ class Trainer:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor | None, step: int) -> StepResult:
         """Training step number `step` (0-based) on this rank's slice of the global batch."""
-        lr, tau = self.schedule.lr(step), self.schedule.tau(step)
+        lr, tau, decay = self.schedule.lr(step), self.schedule.tau(step), self.schedule.weight_decay(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_multiplier", 1.0)
+            if decay is not None and not group.get("lars_exclude"):  # biases and norm parameters stay undecayed
+                group["weight_decay"] = decay
+        self.learner.set_progress(step, step / self.schedule.steps_per_epoch)
         torch.manual_seed(augmentation_seed(self.cfg.seed, step, self.context.rank))
         loss, outputs = training_step(self.model, self.augment, self.optimizer, self.scaler,
                                       images.to(self.runtime.device, non_blocking=True), tau,

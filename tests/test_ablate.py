@@ -38,3 +38,20 @@ def test_suite_runs_every_variant_writes_the_table_and_resumes(tmp_path, fashion
     assert (out / "runs" / "tau-1" / RESULT).exists()
     assert all(p.stat().st_mtime_ns == stamps[p.parent.name] for p in (out / "runs").glob(f"*/{RESULT}")
                if p.parent.name != "tau-1")
+
+
+def test_methods_suite_trains_and_tables_every_method_with_its_references(tmp_path, fashion_dir):
+    from byol.ablate import methods_suite
+    from byol.methods import METHODS
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "data": str(fashion_dir)}))
+    variants = methods_suite(resolve(overrides=TINY))
+    assert [v.overrides["method"] for v in variants] == list(METHODS)
+    out = tmp_path / "methods"
+    table = run_suite("methods", "smoke", str(out), str(config), quiet=True)
+    assert table.name == "methods.md" and (out / "methods.png").stat().st_size > 0
+    results = [json.loads((out / "runs" / v.name / RESULT).read_text()) for v in variants]
+    assert all("error" not in r and r["images_per_s"] > 0 for r in results), [r.get("error") for r in results]
+    text = table.read_text()
+    assert "| method | mocov2 | mocov2 |" in text and "solo-learn CIFAR-10" in text and "| 92.94 |" in text

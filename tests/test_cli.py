@@ -87,7 +87,7 @@ def test_help_shows_each_options_default_and_choices(capsys):
         build_parser().parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--batch-size N global images per step" in text and "(default: 256)" in text
-    assert "{byol,simclr,simsiam}" in text and "--tau-base" in text
+    assert "{byol,simclr,simsiam,mocov2,swav,dino,barlowtwins,vicreg}" in text and "--tau-base" in text
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--help"])
     assert "(default: 32)" in capsys.readouterr().out  # bench's own default for a shared option

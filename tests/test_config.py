@@ -75,12 +75,17 @@ def test_each_option_is_written_once_with_its_help_and_the_registries_choices():
 def test_trajectory_and_runtime_keys_are_derived_from_the_fields():
     from byol.config import RUNTIME_ONLY, TRAJECTORY_KEYS
 
-    # what the hand-written lists held before the options carried this themselves
+    # what the hand-written lists held before the options carried this themselves, and the methods' options since
     assert set(TRAJECTORY_KEYS) == {
         "dataset", "subset", "image_size", "crop_min_scale", "aug_remove", "method", "predictor", "negatives_beta",
         "temperature", "norm", "backbone", "stem", "width", "projection_dim", "projector_hidden_dim",
         "predictor_hidden_dim", "sync_bn", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
-        "weight_decay", "trust_coefficient", "base_tau", "precision", "seed"}
+        "weight_decay", "trust_coefficient", "base_tau", "precision", "seed",
+        "local_crops", "local_size", "local_crop_scale", "queue_size", "queue_start_epoch", "prototypes",
+        "sinkhorn_epsilon", "sinkhorn_iterations", "freeze_head_epochs", "teacher_temperature",
+        "teacher_temperature_start", "teacher_temperature_epochs", "center_momentum", "clip_grad", "lambda_offdiag",
+        "sim_weight", "var_weight", "cov_weight", "final_weight_decay", "clip_lr", "lr_floor", "bias_lr_multiplier",
+        "final_tau"}
     assert set(RUNTIME_ONLY) == {"resume", "stop_after_steps"}
 
 

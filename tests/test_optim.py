@@ -102,3 +102,22 @@ def test_multi_tensor_lars_equals_the_per_parameter_form_with_the_same_exclusion
     before = some_grad_missing.detach().clone()
     optimizer.step()
     assert torch.equal(some_grad_missing.detach(), before)
+
+
+def test_clip_lr_caps_each_layers_effective_lr_at_the_global_one():
+    w = nn.Parameter(torch.full((4, 4), 10.0))
+    w0 = w.detach().clone()
+    opt = LARS([w], lr=0.1, momentum=0.0, trust_coefficient=1.0, clip_lr=True)
+    w.grad = torch.full((4, 4), 0.01)  # trust = ‖w‖/‖g‖ = 1000 ≫ 1/lr: capped at lr, i.e. a plain SGD step
+    opt.step()
+    assert torch.allclose(w.detach(), w0 - 0.1 * 0.01)
+    small = nn.Parameter(torch.full((4, 4), 1e-3))
+    opt = LARS([small], lr=0.1, momentum=0.0, trust_coefficient=1e-3, clip_lr=True)
+    small.grad = torch.ones(4, 4)  # trust = 1e-6 < lr: the layer's own, smaller rate
+    opt.step()
+    assert torch.allclose(small.detach(), torch.full((4, 4), 1e-3 - 1e-6 * 0.1 / 0.1))
+
+
+def test_groups_carry_their_lr_multiplier():
+    adapted, excluded = lars_param_groups(small_net(), 1e-4, excluded_lr_multiplier=0.024)
+    assert adapted["lr_multiplier"] == 1.0 and excluded["lr_multiplier"] == 0.024

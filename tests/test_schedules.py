@@ -35,3 +35,16 @@ def test_lr_warmup_then_cosine_to_zero():
 def test_linear_scaling_rule():
     assert scaled_lr(0.2, 4096) == pytest.approx(3.2)
     assert scaled_lr(0.2, 256) == pytest.approx(0.2)
+
+
+def test_schedules_with_a_final_value():
+    from byol.schedules import weight_decay
+
+    assert target_tau(0, 100, 0.99, final_tau=0.999) == pytest.approx(0.99)
+    assert target_tau(100, 100, 0.99, final_tau=0.999) == pytest.approx(0.999)
+    assert all(target_tau(k, 100, 0.999, final_tau=0.999) == pytest.approx(0.999) for k in (0, 50, 100))  # constant
+    assert learning_rate(100, 100, 10, 1.0, final_lr=0.001) == pytest.approx(0.001)
+    assert learning_rate(55, 100, 10, 1.0, final_lr=0.001) == pytest.approx(0.5005)
+    assert learning_rate(5, 100, 10, 1.0, final_lr=0.001) == pytest.approx(0.6)  # warm-up unchanged
+    assert weight_decay(0, 100, 0.04, 0.4) == pytest.approx(0.04) and weight_decay(100, 100, 0.04, 0.4) == 0.4
+    assert weight_decay(50, 100, 0.04, 0.4) == pytest.approx(0.22)

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -96,6 +97,10 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, fashion_dir):
     (["--norm", "layer"], "--norm"),
     (["--stem", "big"], "--stem"),
     (["--method", "simclr", "--no-predictor"], "--method"),
+    (["--method", "swav", "--no-predictor"], "--method swav"),
+    (["--method", "mocov2", "--local-crops", "2"], "--method mocov2 takes no local crops"),
+    (["--method", "mocov2", "--queue-size", "1000"], "--queue-size 1000"),
+    (["--local-crop-scale", "0.5", "0.2"], "--local-crop-scale"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, expected):
     result = run_cli("train", "--out", str(tmp_path / "x"), *args)
@@ -124,3 +129,18 @@ def test_folder_dataset_trains(tmp_path):
 def test_python_dash_m_and_version():
     result = run_cli("--version")
     assert result.returncode == 0 and "byol" in result.stdout
+
+
+@pytest.mark.parametrize("method", ["mocov2", "swav", "dino", "barlowtwins", "vicreg"])
+def test_every_method_trains_from_the_cli_with_its_own_recipe(tmp_path, fashion_dir, method):
+    out = tmp_path / method
+    result = run_cli("train", "--preset", "smoke", "--method", method, "--data", str(fashion_dir), "--subset", "128",
+                     "--epochs", "1", "--knn-every", "0", "--no-tensorboard", "--out", str(out),
+                     *(["--queue-size", "128"] if method == "mocov2" else []), "--prototypes", "256",
+                     *(["--local-crops", "2"] if method in ("swav", "dino") else []))
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = (out / "config.yaml").read_text()
+    assert f"method: {method}" in saved and (out / "backbone.safetensors").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert ("tau" in records[-1]) == (method in ("mocov2", "dino"))  # τ is logged for methods with a target

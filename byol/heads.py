@@ -1,0 +1,51 @@
+"""Heads the methods put on top of the encoder: MLPs of each method's shape, and DINO's head.
+
+BYOL's projector and predictor (`model.MLPHead`) are Linear → BN → ReLU → Linear. The others, as each
+method's official code builds them (docs/methods.md): MoCo v2 Linear → ReLU → Linear without batch
+norm; Barlow Twins and VICReg three layers with batch norm (the last without a bias); DINO three layers
+with GELU, a bottleneck, L2 normalisation and a weight-normalised last layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mlp(dims: list[int], batch_norm: bool = True, activation=nn.ReLU, bias: bool = True,
+        last_bias: bool = True) -> nn.Sequential:
+    """Linear [→ BN] → activation between each pair of `dims`; the last Linear alone."""
+    layers = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(d_in, d_out, bias=last_bias if last else bias))
+        if not last:
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(d_out))
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class DINOHead(nn.Module):
+    """Linear → GELU → Linear → GELU → Linear to a bottleneck, L2-normalised, then a weight-normalised
+    Linear to `out_dim` prototypes whose norm (weight_g) is fixed at 1: logits are cosine similarities."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, out_dim: int = 65536):
+        super().__init__()
+        self.mlp = mlp([in_dim, hidden_dim, hidden_dim, bottleneck_dim], batch_norm=False, activation=nn.GELU)
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+        last = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.last_layer = nn.utils.parametrizations.weight_norm(last)
+        magnitude = self.last_layer.parametrizations.weight.original0
+        with torch.no_grad():
+            magnitude.fill_(1.0)
+        magnitude.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, return_bottleneck: bool = False):
+        bottleneck = F.normalize(self.mlp(x), dim=-1)
+        logits = self.last_layer(bottleneck)
+        return (logits, bottleneck) if return_bottleneck else logits

@@ -1,0 +1,54 @@
+"""The surface every self-supervised method here has, and all that the run loop uses.
+
+    loss = learner(view1, view2, *local_views)     # (loss, ViewOutputs) with return_outputs=True
+    learner.set_progress(step, epoch)               # before each step's forward; epoch is fractional
+    learner.before_optimizer_step()                 # after backward (gradients unscaled), before the step
+    learner.update_target(tau)                      # after the optimizer step; a no-op without a target
+    learner.online_encoder, learner.feature_dim, learner.projection_dim
+
+`view1`, `view2` are the two global crops; `local_views` the small crops of multi-crop (SwAV, DINO).
+State a method keeps across steps (MoCo's queue, SwAV's queue, DINO's centre) changes only in a training
+forward with gradients enabled, so a monitor calling the learner under `no_grad` changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class ViewOutputs(NamedTuple):
+    """What a learner computed on the way to its loss, for monitors (probe, collapse)."""
+
+    representations: tuple[torch.Tensor, torch.Tensor]  # online encoder outputs y₁, y₂ of the global crops
+    projections: tuple[torch.Tensor, torch.Tensor]  # the head outputs the collapse monitor looks at
+
+
+class Learner(nn.Module):
+    """Defaults of the surface above: no local crops, no progress-dependent state, no target."""
+
+    accepts_local_views = False  # multi-crop: only methods whose official recipe uses it
+    has_target = False  # an EMA target network: `update_target(tau)` moves it, the log shows τ
+
+    def __init__(self):
+        super().__init__()
+        self.step, self.epoch = 0, 0.0
+
+    def set_progress(self, step: int, epoch: float) -> None:
+        self.step, self.epoch = step, epoch
+
+    def before_optimizer_step(self) -> None:
+        """Gradient surgery between backward and the optimizer step (freezing, clipping); none by default."""
+
+    def update_target(self, tau: float) -> None:
+        """ξ ← τ·ξ + (1 − τ)·θ for a method with a target network; nothing otherwise."""
+
+    def check_views(self, local_views: tuple) -> None:
+        if local_views and not self.accepts_local_views:
+            raise ValueError(f"{type(self).__name__} takes two views, not local crops as well")
+
+    def updating_state(self) -> bool:
+        """Whether this forward may change state kept across steps (queues, centres)."""
+        return self.training and torch.is_grad_enabled()

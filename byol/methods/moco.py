@@ -1,0 +1,75 @@
+"""MoCo v2 (Chen et al. 2020, "Improved baselines"), as facebookresearch/moco computes it.
+
+A query encoder + MLP head (no batch norm), a key encoder that is its EMA, and a queue of K keys from
+earlier batches as negatives. The loss is the official one-direction InfoNCE: queries from view 1,
+keys from view 2. Under torchrun each rank's keys are gathered before they are queued, so the queue is
+the same on every rank; batch norm is synchronised over the global batch, so there is no shuffle-BN
+(docs/methods.md: a deviation, as solo-learn's).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributed import gather
+from ..heads import mlp
+from ..learner import Learner, ViewOutputs
+from ..loss import moco_loss
+
+
+class MoCo(Learner):
+    has_target = True
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, projection_dim: int = 128,
+                 projector_hidden_dim: int = 2048, queue_size: int = 65536, temperature: float = 0.2):
+        super().__init__()
+        self.feature_dim, self.projection_dim, self.temperature = feature_dim, projection_dim, temperature
+        self.online_encoder = backbone
+        self.online_projector = mlp([feature_dim, projector_hidden_dim, projection_dim], batch_norm=False)
+        self.target_encoder = copy.deepcopy(backbone)
+        self.target_projector = copy.deepcopy(self.online_projector)
+        for param in self.target_parameters():
+            param.requires_grad_(False)
+        # Keys from earlier batches, identical on every rank; part of the checkpoint.
+        self.register_buffer("queue", F.normalize(torch.randn(projection_dim, queue_size), dim=0))
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+
+    def online_parameters(self) -> list[nn.Parameter]:
+        return [*self.online_encoder.parameters(), *self.online_projector.parameters()]
+
+    def target_parameters(self) -> list[nn.Parameter]:
+        return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,
+                return_outputs: bool = False):
+        self.check_views(local_views)
+        y1 = self.online_encoder(view1)
+        q = self.online_projector(y1)
+        with torch.no_grad():
+            y2 = self.target_encoder(view2)
+            k = self.target_projector(y2)
+        loss = moco_loss(q, k, self.queue.clone(), self.temperature)  # a copy: enqueue() changes the queue below
+        if self.updating_state():
+            self.enqueue(F.normalize(k.float(), dim=1))
+        return (loss, ViewOutputs((y1, y2), (q, k))) if return_outputs else loss
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """The global batch's keys replace the oldest in the queue (after the loss used the queue)."""
+        keys = gather(keys)[0]
+        size = self.queue.shape[1]
+        if size % len(keys):
+            raise ValueError(f"the queue ({size} keys) is not a multiple of the global batch ({len(keys)})")
+        # Tensor indices, not int(pointer): no host-device sync in the step.
+        slots = (self.queue_pointer + torch.arange(len(keys), device=keys.device)) % size
+        self.queue.index_copy_(1, slots, keys.T.to(self.queue.dtype))
+        self.queue_pointer.add_(len(keys)).remainder_(size)
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        torch._foreach_mul_(self.target_parameters(), tau)
+        torch._foreach_add_(self.target_parameters(), self.online_parameters(), alpha=1 - tau)

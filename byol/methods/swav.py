@@ -1,0 +1,92 @@
+"""SwAV (Caron et al. 2020), as facebookresearch/swav computes it.
+
+Encoder → MLP head → L2-normalised embedding z → scores against unit-norm prototypes. For each of the two
+global crops, Sinkhorn-Knopp turns its scores (with a queue of earlier embeddings, once the queue is full)
+into equipartitioned soft codes, which every other crop predicts through softmax(scores / T). Prototypes
+are renormalised before every forward and frozen (their gradient dropped) for the first epochs. Under
+torchrun the Sinkhorn sums run over all ranks, so the codes are those of the global batch; the queue is
+each rank's own, as in the official code, and is refilled after a resume (docs/methods.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributed import all_reduce_sum, rank_and_world
+from ..learner import Learner, ViewOutputs
+from ..loss import sinkhorn, swapped_prediction
+from ..model import MLPHead
+from .multicrop import encode_by_size
+
+
+class SwAV(Learner):
+    accepts_local_views = True
+    ASSIGNED = 2  # codes come from the two global crops only
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, projection_dim: int = 128,
+                 projector_hidden_dim: int = 2048, prototypes: int = 3000, temperature: float = 0.1,
+                 sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, queue_size: int = 0,
+                 queue_start_epoch: float = 15.0, freeze_head_epochs: float = 1.0):
+        super().__init__()
+        self.feature_dim, self.projection_dim, self.temperature = feature_dim, projection_dim, temperature
+        self.epsilon, self.iterations = sinkhorn_epsilon, sinkhorn_iterations
+        self.queue_size, self.queue_start_epoch, self.freeze_epochs = queue_size, queue_start_epoch, freeze_head_epochs
+        self.online_encoder = backbone
+        self.online_projector = MLPHead(feature_dim, projector_hidden_dim, projection_dim)
+        self.prototypes = nn.Linear(projection_dim, prototypes, bias=False)
+        self.register_buffer("queue", None, persistent=False)
+        self.queued = 0  # embeddings written since the queue was made; a Python count, so no device sync
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,
+                return_outputs: bool = False):
+        views = [view1, view2, *local_views]
+        if self.training:
+            with torch.no_grad():
+                self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        representations = encode_by_size(self.online_encoder, views)
+        embeddings = F.normalize(self.online_projector(torch.cat(representations)), dim=1)
+        scores = self.prototypes(embeddings).chunk(len(views))
+        embeddings = embeddings.chunk(len(views))
+        updating = self.updating_state()
+        if updating:
+            self._start_queue(len(view1), embeddings[0])
+        loss = 0.0
+        for i in range(self.ASSIGNED):
+            codes = self._codes(i, scores[i], embeddings[i], updating)
+            loss = loss + swapped_prediction(codes, list(scores), i, self.temperature)
+        loss = loss / self.ASSIGNED
+        if return_outputs:
+            return loss, ViewOutputs((representations[0], representations[1]), (embeddings[0], embeddings[1]))
+        return loss
+
+    @torch.no_grad()
+    def _codes(self, crop: int, scores: torch.Tensor, embeddings: torch.Tensor, updating: bool) -> torch.Tensor:
+        """Sinkhorn codes of one assigned crop's batch, solved together with the queue once it is full."""
+        scores = scores.detach()
+        if self.queue is not None:
+            if self.queued >= self.queue.shape[1]:
+                scores = torch.cat([self.queue[crop] @ self.prototypes.weight.T, scores])
+            if updating:  # shift, then write this batch at the head: it never meets itself
+                self.queue[crop, len(embeddings):] = self.queue[crop, :-len(embeddings)].clone()
+                self.queue[crop, :len(embeddings)] = embeddings.detach().to(self.queue.dtype)
+                if crop == self.ASSIGNED - 1:
+                    self.queued += len(embeddings)
+        _, world_size = rank_and_world()
+        return sinkhorn(scores, self.epsilon, self.iterations, all_reduce_sum, world_size)[-len(embeddings):]
+
+    def _start_queue(self, local_batch: int, like: torch.Tensor) -> None:
+        """The queue appears at `queue_start_epoch`: `queue_size` embeddings over all ranks, a multiple of
+        the global batch, each rank holding its share."""
+        if self.queue is not None or not self.queue_size or self.epoch < self.queue_start_epoch:
+            return
+        _, world_size = rank_and_world()
+        per_rank = (self.queue_size - self.queue_size % (local_batch * world_size)) // world_size
+        if per_rank:
+            self.queue = torch.zeros(self.ASSIGNED, per_rank, like.shape[1], device=like.device)
+            self.queued = 0
+
+    def before_optimizer_step(self) -> None:
+        if self.epoch < self.freeze_epochs:
+            self.prototypes.weight.grad = None  # no update, no momentum, no weight decay for them yet
