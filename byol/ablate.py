@@ -84,8 +84,8 @@ def methods_suite(base: TrainConfig) -> list[Variant]:
         "simclr": {},
         "simsiam": {},
         "mocov2": dict(queue_size=16 * base.batch_size, temperature=0.2),
-        "swav": dict(prototypes=3000, temperature=0.1, freeze_head_epochs=0.1, crop_min_scale=0.14, local_crops=6,
-                     local_crop_scale=(0.05, 0.14)),
+        "swav": dict(prototypes=3000, temperature=0.1, sinkhorn_epsilon=0.03, freeze_head_epochs=1,
+                     crop_min_scale=0.14, local_crops=6, local_crop_scale=(0.05, 0.14)),
         "dino": dict(prototypes=4096, temperature=0.1, teacher_temperature=0.07, teacher_temperature_start=0.07,
                      clip_grad=3.0, freeze_head_epochs=0.1, crop_min_scale=0.14, local_crops=6,
                      local_crop_scale=(0.05, 0.14)),
@@ -158,7 +158,7 @@ def run_variant(variant: Variant, base: TrainConfig, run: RunDir, preset: str) -
         last = run.last_metrics_with("embedding_std")
         result.update(knn_top1=report["knn_top1"], linear_top1=report["linear_top1"],
                       embedding_std=last.get("embedding_std"), effective_rank=last.get("effective_rank"),
-                      projection_dim=cfg.projection_dim,
+                      projection_dim=last.get("embedding_dim", cfg.projection_dim),
                       images_per_s=summary.get("images_per_s"), train_s=summary.get("wall_s"))
     except UserError as error:
         # A variant that diverges is a result too (the paper's collapsed rows); record it, go on.

@@ -35,7 +35,9 @@ def effective_rank(representation: torch.Tensor, eps: float = 1e-7) -> float:
 
 
 def collapse_metrics(projection: torch.Tensor, representation: torch.Tensor) -> dict:
-    return {"embedding_std": embedding_std(projection), "effective_rank": effective_rank(representation)}
+    """The two numbers, and the embedding's width, which the std is judged against (1/√d when healthy)."""
+    return {"embedding_std": embedding_std(projection), "effective_rank": effective_rank(representation),
+            "embedding_dim": projection.shape[-1]}
 
 
 def is_collapsed(metrics: dict, projection_dim: int) -> bool:

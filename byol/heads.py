@@ -45,7 +45,5 @@ class DINOHead(nn.Module):
             magnitude.fill_(1.0)
         magnitude.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, return_bottleneck: bool = False):
-        bottleneck = F.normalize(self.mlp(x), dim=-1)
-        logits = self.last_layer(bottleneck)
-        return (logits, bottleneck) if return_bottleneck else logits
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))

@@ -109,11 +109,9 @@ class StepLogger:
     track of collapse like rank 0 but shows and writes nothing.
     """
 
-    def __init__(self, run, main: bool, quiet: bool, tensorboard: bool, total_steps: int, first_step: int,
-                 projection_dim: int):
+    def __init__(self, run, main: bool, quiet: bool, tensorboard: bool, total_steps: int, first_step: int):
         self.run = run
         self.total_steps = total_steps
-        self.projection_dim = projection_dim
         self.collapsed = False
         self.board = TensorBoard(run.tensorboard if tensorboard and main else None)
         self.progress = Progress(total_steps, first_step, enabled=main and not quiet)
@@ -125,7 +123,7 @@ class StepLogger:
 
     def log_step(self, record: dict) -> None:
         """A logged training step: the collapse warning when the state changes, the record, the bar."""
-        if is_collapsed(record, self.projection_dim) != self.collapsed:
+        if is_collapsed(record, record["embedding_dim"]) != self.collapsed:
             self.collapsed = not self.collapsed
             if self.collapsed:
                 log.warning(f"the representation has collapsed at step {record['step']} (embedding_std "

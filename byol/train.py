@@ -65,7 +65,7 @@ def fit(cfg: TrainConfig, runtime: Runtime, context: Context, quiet: bool = Fals
     del state
     log.info(f"precision {runtime.describe_precision()}")
     run.start(cfg, resolved_values(cfg, runtime, context, schedule, image_size, trainer.sync_bn), step)
-    logger = StepLogger(run, context.is_main, quiet, cfg.tensorboard, schedule.total_steps, step, cfg.projection_dim)
+    logger = StepLogger(run, context.is_main, quiet, cfg.tensorboard, schedule.total_steps, step)
     try:
         if step == 0:
             # The untrained encoder on the monitor's own subsets: the kNN curve's honest starting point.

@@ -161,3 +161,30 @@ def test_multi_crop_runs_each_resolution_through_the_encoder_once(cls):
     assert [tuple(v.shape) for v in views] == [(4, 3, 16, 16)] * 2 + [(4, 3, 8, 8)] * 3
     learner(*views)
     assert encoder.calls[:2] == [(8, 3, 16, 16), (12, 3, 8, 8)]  # the student: 2 global together, 3 local together
+
+
+class ConstantEncoder(nn.Module):
+    """Every image to the same features: a collapsed encoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Parameter(torch.randn(64))
+
+    def forward(self, x):
+        return self.features.expand(len(x), -1)
+
+
+@pytest.mark.parametrize("method", list(SMALL))
+def test_the_collapse_monitor_flags_a_collapsed_encoder_for_every_method(method):
+    from byol.collapse import collapse_metrics, is_collapsed
+
+    learner = build_method(method, ConstantEncoder(), 64, **SMALL[method])
+    local = 2 if learner.accepts_local_views else 0
+    learner.eval()  # the constant features' batch statistics are zero: eval-mode BN keeps the heads finite
+    _, outputs = learner(*crops(local=local), return_outputs=True)
+    metrics = collapse_metrics(outputs.projections[0], outputs.representations[0])
+    assert is_collapsed(metrics, metrics["embedding_dim"])
+    healthy = build_method(method, backbone(), 64, **SMALL[method])
+    _, outputs = healthy(*crops(local=local), return_outputs=True)
+    metrics = collapse_metrics(outputs.projections[0], outputs.representations[0])
+    assert not is_collapsed(metrics, metrics["embedding_dim"])

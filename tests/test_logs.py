@@ -26,14 +26,13 @@ def test_quiet_keeps_warnings_and_other_ranks_stay_silent(capsys):
 
 def record(step: int, std: float, rank: float = 20.0) -> dict:
     return {"step": step, "epoch": step / 10, "loss": 1.0, "lr": 0.1, "images_per_s": 100.0,
-            "embedding_std": std, "effective_rank": rank}
+            "embedding_std": std, "effective_rank": rank, "embedding_dim": 16}
 
 
 def test_collapse_is_warned_once_and_its_recovery_noted(tmp_path, capsys):
     run = RunDir(tmp_path)
     run.start(TrainConfig(), {}, step=0)
-    logger = StepLogger(run, main=True, quiet=True, tensorboard=False, total_steps=10, first_step=0,
-                        projection_dim=16)
+    logger = StepLogger(run, main=True, quiet=True, tensorboard=False, total_steps=10, first_step=0)
     with verbosity(quiet=False):
         for step, std in ((1, 0.25), (2, 0.001), (3, 0.001), (4, 0.25)):
             logger.log_step(record(step, std))
@@ -47,8 +46,7 @@ def test_collapse_is_warned_once_and_its_recovery_noted(tmp_path, capsys):
 
 def test_other_ranks_write_nothing(tmp_path):
     run = RunDir(tmp_path / "run", main=False)
-    logger = StepLogger(run, main=False, quiet=False, tensorboard=True, total_steps=10, first_step=0,
-                        projection_dim=16)
+    logger = StepLogger(run, main=False, quiet=False, tensorboard=True, total_steps=10, first_step=0)
     logger.log_step(record(1, 0.25))
     logger.close()
     assert not (tmp_path / "run").exists()

@@ -144,3 +144,20 @@ def test_every_method_trains_from_the_cli_with_its_own_recipe(tmp_path, fashion_
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
     assert ("tau" in records[-1]) == (method in ("mocov2", "dino"))  # τ is logged for methods with a target
+
+
+@pytest.mark.parametrize("method, extra", [("mocov2", {"queue_size": 64}), ("dino", {"local_crops": 2, "prototypes": 64}),
+                                           ("swav", {"local_crops": 2, "prototypes": 64})])
+def test_methods_with_state_resume_to_the_uninterrupted_run(tmp_path, fashion_dir, method, extra):
+    """MoCo's queue and DINO's centre are in the checkpoint; SwAV without a queue keeps no state."""
+    base = {**TINY, "method": method, **extra, "data": str(fashion_dir), "knn_every": 0, "online_probe": False}
+    straight = resolve(overrides={**base, "out": str(tmp_path / "straight")})
+    train(straight, quiet=True)
+    train(resolve(overrides={**base, "out": str(tmp_path / "resumed"), "stop_after_steps": 3}), quiet=True)
+    torch.manual_seed(99)
+    assert train(resolve(config_file=str(tmp_path / "resumed" / "config.yaml"), overrides={"resume": True}),
+                 quiet=True)["finished"]
+    a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "resumed"))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert ("queue" in a["model"]) == (method == "mocov2") and ("center" in a["model"]) == (method == "dino")
