@@ -1,4 +1,6 @@
-"""Encoders: torchvision ResNets with a width multiplier, a CIFAR stem for small images, no `fc`."""
+"""Encoders by name: ResNets with a width multiplier and a CIFAR stem for small images (`resnet18`,
+`resnet34`, `resnet50`), any torchvision classification model (`torchvision:NAME`) or timm model
+(`timm:NAME`) (zoo.py); every one maps images to (B, D) features and carries `feature_dim`."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
+from . import zoo
 from .conv import make_convs_safe_
 from .norm import check_norm, group_norm, weight_standardize_
 
@@ -67,11 +70,30 @@ class WideResNet(resnet.ResNet):
         return super()._make_layer(block, max(int(round(planes * self._width)), 1), blocks, stride, dilate)
 
 
-def build_backbone(name: str, width: float = 1.0, image_size: int = 224, in_channels: int = 3,
-                   stem: str = "auto", norm: str = "batch") -> WideResNet:
-    """A ResNet by name; stem `auto` is the CIFAR stem for images of at most 64 px, else ImageNet's."""
+def backbone_problem(name: str, width: float = 1.0, stem: str = "auto", norm: str = "batch") -> str | None:
+    """What is wrong with a backbone name and the options that go with it, or None."""
+    if name.startswith(zoo.PREFIXES):
+        if norm != "batch":
+            return "--norm group-ws applies to the resnet18/34/50 backbones; a library's model keeps its own norms"
+        return zoo.problem(name)
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(ARCHITECTURES)}")
+        return (f"unknown backbone '{name}'; choose one of {', '.join(ARCHITECTURES)}, torchvision:NAME or "
+                "timm:NAME")
+    return None
+
+
+def build_backbone(name: str, width: float = 1.0, image_size: int = 224, in_channels: int = 3,
+                   stem: str = "auto", norm: str = "batch") -> nn.Module:
+    """An encoder by name. A ResNet's stem `auto` is the CIFAR stem for images of at most 64 px, else
+    ImageNet's; `torchvision:NAME` and `timm:NAME` are those libraries' models without their heads, built as
+    they are (`width` and `stem` are the ResNets' and ignored for them)."""
+    if name.startswith(zoo.PREFIXES):
+        reason = backbone_problem(name, width, stem, norm)
+        if reason:
+            raise ValueError(reason)
+        return zoo.build(name, image_size, in_channels)
+    if name not in ARCHITECTURES:
+        raise ValueError(backbone_problem(name))
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     check_norm(norm)
@@ -89,6 +111,24 @@ def first_conv_in_channels(module: nn.Module) -> int | None:
         if isinstance(layer, nn.Conv2d):
             return layer.in_channels
     return None
+
+
+def feature_size(backbone: nn.Module, input_shape: tuple[int, int, int] | None = None) -> int:
+    """The size D of the (B, D) features `backbone` returns: what it declares (`feature_dim`, or timm's
+    `num_features` when `num_classes=0`), else a dry run on `input_shape`, on the size the backbone declares (a ViT's), or on
+    64×64 images with its first convolution's channels. A ValueError says what to pass when none works."""
+    declared = getattr(backbone, "feature_dim", None)
+    if declared is None and getattr(backbone, "num_classes", None) == 0:  # a timm model without its head
+        declared = getattr(backbone, "num_features", None)
+    if isinstance(declared, int):
+        return declared
+    shape = input_shape or zoo.declared_input_shape(backbone) or (first_conv_in_channels(backbone) or 3, 64, 64)
+    try:
+        return infer_feature_dim(backbone, shape)
+    except (RuntimeError, AssertionError, TypeError) as error:  # a fixed-size model refusing 64×64, say
+        raise ValueError(f"could not find the backbone's feature size by a dry run on {shape} images "
+                         f"({str(error).splitlines()[0][:120]}): pass feature_dim=D, or input_shape=(C, H, W) "
+                         "of the images it takes") from None
 
 
 @torch.no_grad()

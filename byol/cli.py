@@ -20,7 +20,8 @@ from .config import FIELDS, PRESETS, TrainConfig, check_options, flag, resolve
 from .data import DATASETS
 from .distributed import launched_as_main, launched_world_size
 from .errors import UserError
-from .report import embed, evaluate_encoder, export, format_table, parse_protocols, public, write_report
+from .export import FORMATS, export_encoder
+from .report import embed, evaluate_encoder, format_table, parse_protocols, public, write_report
 from .train import train
 
 _TYPES = typing.get_type_hints(TrainConfig)
@@ -71,7 +72,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     protocols = parse_protocols(args.protocol)
     check_options({"device": args.device, "workers": args.workers})
-    run_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
+    checkpoint = Path(args.checkpoint)
+    run_dir = Path(args.out) if args.out else checkpoint if checkpoint.is_dir() else checkpoint.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     report = evaluate_encoder(args.checkpoint, protocols, args.dataset, args.data, args.device,
                               baselines=not args.no_baselines, linear_epochs=args.linear_epochs,
@@ -93,7 +95,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    print(json.dumps(export(args.checkpoint, args.out)))
+    print(json.dumps(export_encoder(args.checkpoint, args.out, args.format)))
     return 0
 
 
@@ -128,13 +130,15 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults of the commands' own options (config options carry theirs in their help)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "(default" in (action.help or ""):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "(default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="byol", description="BYOL self-supervised pre-training.")
+    parser = _Parser(prog="byol", description="BYOL self-supervised pre-training (and the methods it is compared "
+                     "with), evaluation and export.", epilog="`byol COMMAND --help` lists a command's options.")
     parser.add_argument("--version", action="version", version=f"byol {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -143,22 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
-    train = command("train", "pre-train an encoder with BYOL", cmd_train)
+    train = command("train", "pre-train an encoder (BYOL, or another --method)", cmd_train)
     train.usage = "byol train [--preset NAME] [--config FILE] [OPTION ...]"
     train.add_argument("--preset", choices=PRESETS,
-                       help="starting configuration (smoke: <60 s check; cpu-quickstart; gpu)")
-    train.add_argument("--config", metavar="FILE", help="YAML file of options (applied after the preset)")
+                       help="starting configuration (smoke: <60 s check; cpu-quickstart; gpu) (default: none, the "
+                            "options' own defaults)")
+    train.add_argument("--config", metavar="FILE", help="YAML file of options, applied after the preset (default: none)")
     add_config_arguments(train)
     train.add_argument("--quiet", action="store_true", help="no progress output; a JSON summary on stdout")
 
     evaluate = command("eval", "kNN, linear probe and semi-supervised fine-tune of an encoder", cmd_eval)
-    evaluate.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt or backbone.safetensors")
+    evaluate.add_argument("--checkpoint", required=True, metavar="PATH",
+                          help="a run folder, its checkpoint.pt or backbone.safetensors")
     evaluate.add_argument("--protocol", default="knn,linear", help="comma-separated: knn, linear, semi")
     evaluate.add_argument("--dataset", choices=tuple(DATASETS), help="default: the dataset the encoder was trained on")
-    evaluate.add_argument("--data", metavar="PATH")
+    evaluate.add_argument("--data", metavar="PATH", help="dataset location (default: where the encoder's dataset is "
+                          "usually found)")
     evaluate.add_argument("--device", default="auto", help=FIELDS["device"].metadata["help"])
     evaluate.add_argument("--out", metavar="DIR",
-                          help="where eval.json and plots go (default: the checkpoint's folder)")
+                          help="where eval.json and plots go (default: the run folder the checkpoint is in)")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip random-init and raw-pixel baselines")
     evaluate.add_argument("--linear-epochs", type=int, default=30)
     evaluate.add_argument("--semi-epochs", type=int, default=30)
@@ -167,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(evaluate, ("workers",))
 
     embed = command("embed", "feature matrix of a folder of images", cmd_embed)
-    embed.add_argument("--checkpoint", required=True, metavar="FILE")
+    embed.add_argument("--checkpoint", required=True, metavar="PATH",
+                       help="a run folder, its checkpoint.pt or backbone.safetensors")
     embed.add_argument("--data", required=True, metavar="PATH", help="folder of images")
     embed.add_argument("--out", required=True, metavar="FILE", help="features.npy (+ .files.txt) or .safetensors")
     embed.add_argument("--device", default="auto", help=FIELDS["device"].metadata["help"])
@@ -180,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     bench.add_argument("--compile", action="store_true", help="torch.compile the learner")
-    bench.add_argument("--compare", metavar="LIST", help="peers to run in the same process: byol-pytorch,lightly")
+    bench.add_argument("--compare", metavar="LIST", help="peers to run in the same process: byol-pytorch,lightly (default: none)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
     ablate = command("ablate", "the paper's ablations, or the methods of its comparison table, side by side",
@@ -189,13 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="paper: BYOL's ablations and baselines; methods: the eight methods")
     ablate.add_argument("--preset", default="cpu", choices=tuple(SUITE_PRESETS),
                         help="smoke (minutes), cpu (about an hour on 2 cores for paper) or gpu")
-    ablate.add_argument("--config", metavar="FILE", help="YAML options applied to every variant (e.g. your dataset)")
+    ablate.add_argument("--config", metavar="FILE", help="YAML options applied to every variant, e.g. your dataset (default: none)")
     ablate.add_argument("--out", default="runs/ablations", metavar="DIR", help="runs, ablations.md and .png go here")
     ablate.add_argument("--quiet", action="store_true")
 
-    export = command("export", "write the online encoder of a checkpoint as safetensors", cmd_export)
-    export.add_argument("--checkpoint", required=True, metavar="FILE")
-    export.add_argument("--out", required=True, metavar="FILE")
+    export = command("export", "write the trained encoder for byol, torchvision, timm or ONNX", cmd_export)
+    export.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="a run folder, checkpoint.pt, backbone.safetensors or a safetensors export")
+    export.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    export.add_argument("--format", choices=FORMATS,
+                        help="safetensors: byol's file (byol.load_encoder); torchvision/timm: the state_dict of the "
+                             "original class, strict=True; onnx: checked with onnxruntime when installed "
+                             "(default: onnx for a .onnx file, else safetensors)")
     return parser
 
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from .augment import REMOVABLE
-from .backbones import ARCHITECTURES, STEMS
+from .backbones import ARCHITECTURES, STEMS, backbone_problem
 from .data import DATASETS
 from .device import PRECISIONS
 from .errors import UserError
@@ -70,6 +70,10 @@ def augmentation_names(value) -> str | None:
     return f"unknown augmentation '{unknown[0]}'; choose from {', '.join(REMOVABLE)}" if unknown else None
 
 
+def backbone_name(value) -> str | None:
+    return backbone_problem(value)
+
+
 def device_name(value) -> str | None:
     if value == "auto":
         return None
@@ -98,13 +102,13 @@ class TrainConfig:
     dataset: str = option("fashion-mnist", "dataset to train on", choices=DATASETS)
     data: str | None = option(None, "dataset location (default: the dataset's usual places)", metavar="PATH",
                               trajectory=False)
-    subset: int | None = option(None, "train on a seeded random subset of N images", check=positive, metavar="N")
-    image_size: int | None = option(None, "training resolution in pixels; unset: the dataset's own (224 for folders)",
+    subset: int | None = option(None, "train on a seeded random subset of N images (default: all)", check=positive, metavar="N")
+    image_size: int | None = option(None, "training resolution in pixels (default: the dataset's own; 224 for folders)",
                                     check=resnet_size, metavar="PX")
     workers: int | None = option(None, "image-decoding processes for folder images (default: one per available "
                                  "core)", check=non_negative, trajectory=False, metavar="N")
     cache_decoded: str | None = option(None, "keep folder images decoded at the load size in a memory-mapped file in "
-                                       "DIR, written as the first epoch decodes them and read after (docs/data.md)",
+                                       "DIR, written as the first epoch decodes them and read after (docs/data.md) (default: off)",
                                        trajectory=False, metavar="DIR")
     max_bad_fraction: float = option(0.01, "unreadable folder images are skipped and counted; more than this "
                                      "fraction of the dataset (and more than one) stops the run; 0: any",
@@ -150,7 +154,9 @@ class TrainConfig:
     var_weight: float = option(25.0, "vicreg: weight of the variance term", check=non_negative)
     cov_weight: float = option(1.0, "vicreg: weight of the covariance term", check=non_negative)
     # model
-    backbone: str = option("resnet18", "encoder architecture", choices=ARCHITECTURES)
+    backbone: str = option("resnet18", f"encoder: {', '.join(ARCHITECTURES)} (with --width, --stem), "
+                           "torchvision:NAME (any torchvision classification model) or timm:NAME (any timm model; "
+                           "pip install 'byol[timm]')", check=backbone_name, metavar="NAME")
     width: float = option(1.0, "channel-width multiplier of the ResNet (0.25 = quarter width)", check=positive)
     stem: str = option("auto", "ResNet stem: auto = cifar (3×3/1) up to 64 px, imagenet (7×7/2 + pool) above; "
                        "cifar-pool adds a 2×2 max-pool, 4× cheaper", choices=STEMS)
@@ -166,7 +172,7 @@ class TrainConfig:
     optimizer: str = option("lars", "lars (the paper's), momentum sgd, or adamw", choices=OPTIMIZERS)
     momentum: float = option(0.9, "momentum (LARS, SGD); AdamW's β₁")
     weight_decay: float = option(1.5e-6, "never applied to biases and norm parameters", check=non_negative)
-    final_weight_decay: float | None = option(None, "cosine weight-decay schedule to this value (dino's ViT recipe)",
+    final_weight_decay: float | None = option(None, "cosine weight-decay schedule to this value (dino's ViT recipe) (default: constant)",
                                               check=non_negative, metavar="X")
     trust_coefficient: float = option(1e-3, "LARS η")
     clip_lr: bool = option(False, "LARS: no layer's effective LR above the global one (solo-learn's variant)")
@@ -206,7 +212,7 @@ class TrainConfig:
     online_probe: bool = option(True, "linear classifier on the detached representation, its own optimizer",
                                 trajectory=False)
     tensorboard: bool = option(True, "TensorBoard scalars in DIR/tensorboard", trajectory=False)
-    stop_after_steps: int | None = option(None, "stop at step N with a resumable checkpoint (time-boxed jobs)",
+    stop_after_steps: int | None = option(None, "stop at step N with a resumable checkpoint (time-boxed jobs) (default: run to the end)",
                                           check=positive, trajectory=False, saved=False, metavar="N")
     resume: bool = option(False, "continue from DIR/checkpoint.pt if there is one", trajectory=False, saved=False)
 
@@ -216,6 +222,9 @@ class TrainConfig:
             problem = field_problem(field, getattr(self, field.name))
             if problem:
                 raise UserError(f"{flag(field.name)}: {problem}")
+        problem = backbone_problem(self.backbone, self.width, self.stem, self.norm)
+        if problem:
+            raise UserError(f"--backbone {self.backbone}: {problem}")
         if self.method != "byol" and (not self.predictor or self.negatives_beta):
             raise UserError(f"--method {self.method}: --no-predictor and --negatives-beta are BYOL ablations; use them "
                             "with --method byol")

@@ -30,6 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError
+from .logs import log
 
 _DDP_OPTIONS = inspect.signature(DistributedDataParallel).parameters
 
@@ -249,32 +250,59 @@ class SyncBatchNorm(_BatchNorm):
         return y.to(x.dtype)
 
 
+class SyncBatchNormAct(SyncBatchNorm):
+    """timm's BatchNormAct2d (batch norm, then dropout and activation in the same module) over the global
+    batch; its state_dict keys are the original's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def convert_sync_batchnorm(module: nn.Module, device: torch.device, implementation: str = "byol") -> nn.Module:
-    """Every BatchNorm*d in `module` synchronized across ranks: ours (any device, no host sync), or
-    torch's fused CUDA kernel (`implementation="torch"`, CUDA only)."""
-    if implementation == "torch":
-        if device.type != "cuda":
-            raise ValueError("torch's SyncBatchNorm runs on CUDA only")
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return _convert(module)
+    """Every batch norm in `module` synchronized across ranks: ours (any device, no host sync), or torch's
+    fused CUDA kernel (`implementation="torch"`, CUDA only). timm's batch norm + activation layers keep
+    their activation (ours, either way); other subclasses of batch norm, whose forward we cannot know,
+    stay per process and are counted in a warning."""
+    if implementation == "torch" and device.type != "cuda":
+        raise ValueError("torch's SyncBatchNorm runs on CUDA only")
+    unknown: dict[str, int] = {}
+    converted = _convert(module, implementation, unknown)
+    if unknown:
+        log.warning("batch norm not synchronized (per-process statistics): "
+                    + ", ".join(f"{count} × {name}" for name, count in sorted(unknown.items())))
+    return converted
 
 
-def _convert(module: nn.Module) -> nn.Module:
-    if isinstance(module, _BatchNorm) and not isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
-        synced = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
-        if module.affine:
-            with torch.no_grad():
-                synced.weight = module.weight
-                synced.bias = module.bias
-        synced.running_mean = module.running_mean
-        synced.running_var = module.running_var
-        synced.num_batches_tracked = module.num_batches_tracked
-        synced.training = module.training
-        return synced
+def _convert(module: nn.Module, implementation: str, unknown: dict[str, int]) -> nn.Module:
+    if isinstance(module, (SyncBatchNorm, nn.SyncBatchNorm)):
+        return module
+    if isinstance(module, _BatchNorm):
+        if type(module) in PLAIN_BATCH_NORMS and implementation == "torch":
+            return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        if type(module) in PLAIN_BATCH_NORMS:
+            return _synced(SyncBatchNorm, module)
+        if isinstance(getattr(module, "act", None), nn.Module) and isinstance(getattr(module, "drop", None), nn.Module):
+            synced = _synced(SyncBatchNormAct, module)
+            synced.drop, synced.act = module.drop, module.act
+            return synced
+        unknown[type(module).__name__] = unknown.get(type(module).__name__, 0) + 1
+        return module
     for name, child in module.named_children():
-        module.add_module(name, _convert(child))
+        module.add_module(name, _convert(child, implementation, unknown))
     return module
+
+
+def _synced(kind: type[SyncBatchNorm], module: _BatchNorm) -> SyncBatchNorm:
+    synced = kind(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+    if module.affine:
+        synced.weight, synced.bias = module.weight, module.bias
+    synced.running_mean, synced.running_var = module.running_mean, module.running_var
+    synced.num_batches_tracked = module.num_batches_tracked
+    synced.training = module.training
+    return synced
 
 
 def wrap(learner: nn.Module, device: torch.device) -> nn.Module:

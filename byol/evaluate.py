@@ -18,40 +18,16 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
 from .augment import EvalTransform, ViewConfig, crop_and_flip
 from .backbones import build_backbone
-from .checkpoint import ENCODER_FORMAT, EncoderInfo, TrainingState, load_weights
-from .errors import UserError
+from .checkpoint import EncoderInfo
 
-# ---------------------------------------------------------------- loading an encoder
-
-
-def load_encoder(path: str | Path) -> tuple[nn.Module, EncoderInfo]:
-    """The online encoder from a `checkpoint.pt` or `backbone.safetensors` written by `byol train`."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        state = load_weights(path)
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != ENCODER_FORMAT:
-            raise UserError(f"{path}: no byol encoder metadata (was it written by `byol train` or `byol export`?)")
-        info = EncoderInfo.from_metadata(meta)
-    else:
-        checkpoint = TrainingState.load(path)
-        state, info = checkpoint.encoder_weights(), EncoderInfo.from_dict(checkpoint.encoder_info)
-    try:
-        encoder = build_backbone(info.backbone, info.width, info.image_size, info.in_channels, info.stem, info.norm)
-        encoder.load_state_dict(state)
-    except (RuntimeError, ValueError) as error:
-        raise UserError(f"{path}: weights do not fit a {info.backbone} ({str(error).splitlines()[0]})") from None
-    return encoder, info
+# ---------------------------------------------------------------- baselines
 
 
 def random_encoder(info: EncoderInfo, seed: int = 0) -> nn.Module:

@@ -24,7 +24,7 @@ import copy
 import torch
 from torch import nn
 
-from .backbones import first_conv_in_channels, infer_feature_dim
+from .backbones import feature_size
 from .distributed import gather
 from .learner import Learner, ViewOutputs
 from .loss import byol_loss, negatives_term
@@ -50,8 +50,9 @@ class MLPHead(nn.Sequential):
 class BYOL(Learner):
     """`loss = learner(view1, view2)`; after each optimizer step, `learner.update_target(tau)`.
 
-    `backbone` maps images (B, C, H, W) to features (B, D). With `feature_dim=None` D is found by a
-    dry run on `input_shape` (default: the backbone's first conv's channels, 64×64).
+    `backbone` maps images (B, C, H, W) to features (B, D). With `feature_dim=None` D is what the backbone
+    declares (`feature_dim`, timm's `num_features`), else found by a dry run on `input_shape` (default: the
+    size a ViT declares, or 64×64 with the first convolution's channels); see `backbones.feature_size`.
     `learner.online_encoder` is the network to keep after training.
     """
 
@@ -72,9 +73,7 @@ class BYOL(Learner):
     ):
         super().__init__()
         if feature_dim is None:
-            if input_shape is None:
-                input_shape = (first_conv_in_channels(backbone) or 3, 64, 64)
-            feature_dim = infer_feature_dim(backbone, input_shape)
+            feature_dim = feature_size(backbone, input_shape)
         self.feature_dim = feature_dim
         self.online_encoder = backbone
         self.projection_dim = projection_dim

@@ -1,4 +1,4 @@
-"""`byol eval`, `byol embed`, `byol export`: run the protocols of evaluate.py and write what they found."""
+"""`byol eval` and `byol embed`: run the protocols of evaluate.py and write what they found."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 from safetensors.torch import save_file
 
 from .augment import EvalTransform
-from .checkpoint import EncoderInfo, atomic_write, save_weights
+from .checkpoint import EncoderInfo, atomic_write
 from .data import ImageDataset, dataset_images, decoding_workers, iterate_split, load_dataset, scan_folder
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import balanced_subset, fine_tune, knn_accuracies, linear_probe, load_encoder, random_encoder
+from .evaluate import balanced_subset, fine_tune, knn_accuracies, linear_probe, random_encoder
+from .export import read_encoder
 from .features import RAW_PIXEL_MAX_SIDE, RAW_PIXEL_SIDE, SplitFeatures, encode, pixel_features, split_features
 from .logs import TensorBoard, log, verbosity
 from .run_dir import RunDir
@@ -68,7 +69,7 @@ def evaluate_encoder(checkpoint: str, protocols: list[str], dataset_name: str | 
     started = time.perf_counter()
     with verbosity(quiet):
         device = resolve_device(device)
-        encoder, info = load_encoder(checkpoint)
+        encoder, info = read_encoder(checkpoint)
         encoder.to(device)
         dataset_name = dataset_name or info.dataset
         train, test = load_splits(dataset_name, data, info, checkpoint)
@@ -114,7 +115,7 @@ def _semi_supervised(checkpoint, info, train, train_x: SplitFeatures, test, devi
         subsets[name] = index.tolist()
         images, labels, _ = dataset_images(train.select(train_x.positions[index]), info.image_size)
         log.info(f"eval: semi-supervised fine-tune on {name} ({len(index)} labels)")
-        makers = {"": lambda: load_encoder(checkpoint)[0], "random_init_": lambda: random_encoder(info, seed)}
+        makers = {"": lambda: read_encoder(checkpoint)[0], "random_init_": lambda: random_encoder(info, seed)}
         for prefix, make in makers.items():
             if prefix and not baselines:
                 continue
@@ -236,7 +237,7 @@ def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size
     if out_path.suffix not in (".npy", ".safetensors"):
         raise UserError(f"--out {out}: use a .npy or .safetensors file name")
     device = resolve_device(device)
-    encoder, info = load_encoder(checkpoint)
+    encoder, info = read_encoder(checkpoint)
     encoder.to(device)
     root = Path(data)
     files, _, _ = scan_folder(root)
@@ -267,10 +268,3 @@ def _write_features(out_path: Path, features: torch.Tensor, names: list[str]) ->
     else:
         atomic_write(out_path, lambda tmp: save_file({"features": features.contiguous()}, tmp,
                                                      metadata={"files": json.dumps(names)}))
-
-
-def export(checkpoint: str, out: str) -> dict:
-    """The online encoder of a training checkpoint as safetensors, with the metadata to rebuild it."""
-    encoder, info = load_encoder(checkpoint)
-    save_weights(Path(out), encoder.state_dict(), info.to_metadata())
-    return {"out": out, "backbone": info.backbone, "feature_dim": info.feature_dim}

@@ -47,6 +47,14 @@ class RunDir:
     encoder = property(lambda self: self.path / self.ENCODER)
     summary = property(lambda self: self.path / self.SUMMARY)
 
+    def trained_encoder(self) -> Path:
+        """The file that holds the run's encoder: backbone.safetensors once finished, else the checkpoint."""
+        for path in (self.encoder, self.checkpoint):
+            if path.is_file():
+                return path
+        raise UserError(f"{self.path}: a folder with neither {self.ENCODER} nor {self.CHECKPOINT} "
+                        "(pass a `byol train --out` folder or one of those files)")
+
     # ---- starting and resuming
 
     def state_to_resume(self, resume: bool) -> TrainingState | None:

@@ -55,6 +55,10 @@ def fit(cfg: TrainConfig, runtime: Runtime, context: Context, quiet: bool = Fals
     dataset, stream = training_data(cfg, runtime, context)
     image_size = cfg.image_size or dataset.native_size
     schedule = Schedule.for_run(cfg, len(stream))
+    if schedule.warmup_steps >= schedule.total_steps:
+        log.warning(f"--warmup-epochs {cfg.warmup_epochs:g} is as long as the run (--epochs {cfg.epochs}): the LR climbs "
+                    f"to {schedule.lr_reached:.4g} at the last step, not to the peak {schedule.peak_lr:.4g}, and never "
+                    "decays (a shorter --warmup-epochs fixes it)")
     trainer = Trainer(cfg, dataset, image_size, runtime, context, schedule)
     # Restored before the first step, whose DDP wrap broadcasts rank 0's weights to every rank.
     step = trainer.restore(state, str(run.checkpoint)) if state is not None else 0
@@ -191,7 +195,8 @@ def resolved_values(cfg: TrainConfig, runtime: Runtime, context: Context, schedu
                     sync_bn: bool) -> dict:
     """What config.yaml's `resolved:` section shows: values derived from the config and the machine."""
     return {"world_size": context.world_size, "batch_per_process": cfg.batch_size // context.world_size,
-            "sync_bn": sync_bn, "peak_lr": schedule.peak_lr, "steps_per_epoch": schedule.steps_per_epoch,
+            "sync_bn": sync_bn, "peak_lr": schedule.peak_lr, "lr_reached": schedule.lr_reached,
+            "steps_per_epoch": schedule.steps_per_epoch,
             "total_steps": schedule.total_steps, "image_size": image_size, "device": str(runtime.device),
             "autocast": str(runtime.amp_dtype or "fp32"), "decoding_workers": decoding_workers(cfg.workers)}
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import zoo
 from .augment import LOCAL_VIEW, VIEW1, VIEW2, BYOLAugment, EvalTransform, MultiCropAugment, local_size_for, without
 from .backbones import build_backbone, resolve_stem
 from .checkpoint import EncoderInfo, TrainingState
@@ -45,6 +46,20 @@ def optimizer_for(cfg: TrainConfig, learner: torch.nn.Module) -> torch.optim.Opt
     """The configured optimizer over the learner's trainable parameters, at LR 0 (the schedule sets it)."""
     return build_optimizer(cfg.optimizer, learner, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient,
                            cfg.clip_lr, cfg.bias_lr_multiplier)
+
+
+@torch.no_grad()
+def check_input_size(backbone: torch.nn.Module, channels: int, size: int, name: str) -> None:
+    """Refuse, in one line, a backbone that cannot take multi-crop's smaller local crops (a fixed-size ViT)."""
+    training = backbone.training
+    try:
+        backbone.eval()(torch.zeros(2, channels, size, size))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        raise UserError(f"--local-crops: {name} does not take the {size} px local crops "
+                        f"({str(error).splitlines()[0][:100]}); use a model that takes any size (timm's ViTs do, "
+                        "torchvision's do not) or --local-crops 0") from None
+    finally:
+        backbone.train(training)
 
 
 def build_augment(cfg: TrainConfig, image_size: int, mean, std) -> torch.nn.Module:
@@ -106,6 +121,11 @@ class Schedule:
         return cls(steps_per_epoch, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch),
                    scaled_lr(cfg.lr, cfg.batch_size), cfg.base_tau, cfg.final_tau, cfg.lr_floor, decays)
 
+    @property
+    def lr_reached(self) -> float:
+        """The largest LR the run uses: `peak_lr`, unless the run ends inside its warm-up."""
+        return self.lr(self.total_steps - 1) if self.warmup_steps >= self.total_steps else self.peak_lr
+
     def lr(self, step: int) -> float:
         return learning_rate(step, self.total_steps, self.warmup_steps, self.peak_lr, self.lr_floor * self.peak_lr)
 
@@ -133,6 +153,9 @@ class Trainer:
         self.augment = build_augment(cfg, image_size, dataset.mean, dataset.std).to(device)
         self.eval_transform = EvalTransform(image_size, dataset.mean, dataset.std).to(device)
         learner = build_learner(cfg, dataset.channels, image_size)
+        if cfg.local_crops:
+            check_input_size(learner.online_encoder, dataset.channels, cfg.local_size or local_size_for(image_size),
+                             cfg.backbone)
         self.sync_bn = context.world_size > 1 and cfg.sync_bn
         if self.sync_bn:
             learner = convert_sync_batchnorm(learner, device)
@@ -140,9 +163,12 @@ class Trainer:
         self.optimizer = optimizer_for(cfg, self.learner)
         if cfg.compile and device.type == "cuda":
             self.augment.compile()  # sync-free on CUDA (augment._apply_to), so it compiles without graph breaks
-        self.info = EncoderInfo(cfg.backbone, cfg.width, dataset.channels, image_size, self.learner.feature_dim,
-                                cfg.dataset, tuple(dataset.mean), tuple(dataset.std),
-                                resolve_stem(cfg.stem, image_size), cfg.norm)
+        library_model = cfg.backbone.startswith(zoo.PREFIXES)  # built as it is: no width or stem of ours
+        if library_model and (cfg.width != 1.0 or cfg.stem != "auto"):
+            log.info(f"{cfg.backbone} is built as its library defines it: --width and --stem apply to the ResNets")
+        self.info = EncoderInfo(cfg.backbone, 1.0 if library_model else cfg.width, dataset.channels, image_size,
+                                self.learner.feature_dim, cfg.dataset, tuple(dataset.mean), tuple(dataset.std),
+                                "auto" if library_model else resolve_stem(cfg.stem, image_size), cfg.norm)
         self.monitor = Monitor(cfg, dataset, self.learner.feature_dim, image_size, device, schedule.total_steps,
                                main=context.is_main)
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp_dtype == torch.float16)

@@ -1,4 +1,4 @@
-"""The README's own-training-loop example, at toy size: the public API fits together."""
+"""The public API fits together in a user's own loop at toy size: the target moves, the encoder is the backbone."""
 
 import torch
 

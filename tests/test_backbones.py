@@ -7,7 +7,7 @@ from torch import nn
 from byol import build_backbone
 from byol.backbones import resolve_stem
 from byol.checkpoint import EncoderInfo, save_weights
-from byol.evaluate import load_encoder
+from byol.export import read_encoder as load_encoder
 
 
 @pytest.mark.parametrize("name,expected", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])

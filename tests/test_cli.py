@@ -98,3 +98,19 @@ def test_bench_options_are_checked_like_train_options(capsys):
 
     assert main(["bench", "--width", "-1", "--steps", "1"]) == 2
     assert capsys.readouterr().err.strip() == "byol: error: --width: must be positive, got -1.0"
+
+
+def test_every_option_of_every_command_says_its_default_in_help():
+    import argparse
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps sub-commands here
+    missing = []
+    for name, command in commands.items():
+        formatter = command.formatter_class(name)
+        for action in command._actions:
+            switch = isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction, argparse._VersionAction))
+            if action.option_strings and not switch and not action.required:
+                if "default" not in formatter._get_help_string(action):
+                    missing.append(f"{name} {action.option_strings[0]}")
+    assert not missing, missing

@@ -67,9 +67,12 @@ def test_each_option_is_written_once_with_its_help_and_the_registries_choices():
     from byol.optim import OPTIMIZERS
 
     assert all(f.metadata["help"] for f in FIELDS.values())
-    for name, registry in (("dataset", DATASETS), ("backbone", ARCHITECTURES), ("method", METHODS),
-                           ("optimizer", OPTIMIZERS), ("stem", STEMS)):
+    for name, registry in (("dataset", DATASETS), ("method", METHODS), ("optimizer", OPTIMIZERS), ("stem", STEMS)):
         assert FIELDS[name].metadata["choices"] == tuple(registry), name
+    # backbones are open-ended (torchvision:NAME, timm:NAME): checked, and our own named in the help
+    assert all(name in FIELDS["backbone"].metadata["help"] for name in ARCHITECTURES)
+    assert FIELDS["backbone"].metadata["check"]("resnet18") is None
+    assert "unknown backbone" in FIELDS["backbone"].metadata["check"]("vgg11")
 
 
 def test_trajectory_and_runtime_keys_are_derived_from_the_fields():

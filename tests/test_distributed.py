@@ -94,7 +94,10 @@ def _two_steps(overrides: dict, images: torch.Tensor) -> dict:
     {"method": "barlowtwins", "lr": 0.001},  # cross-correlation of the global batch, autograd through the gather
     {"method": "vicreg"},  # variance and covariance of the global batch
     {"method": "simclr"},
-], ids=["byol", "byol-negatives", "mocov2", "swav", "dino", "barlowtwins", "vicreg", "simclr"])
+    {"backbone": "timm:vit_tiny_patch16_224"},  # LayerNorm only: nothing to synchronise but the gradients
+    {"backbone": "torchvision:resnet18"},  # a library's batch norms, synchronised (no dropout to differ by)
+], ids=["byol", "byol-negatives", "mocov2", "swav", "dino", "barlowtwins", "vicreg", "simclr", "timm-vit",
+        "torchvision-resnet18"])
 def test_two_ranks_with_sync_bn_equal_one_process_with_the_whole_batch(tmp_path, overrides):
     images = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     single = _two_steps(overrides, images)
@@ -111,7 +114,8 @@ def test_two_ranks_with_sync_bn_equal_one_process_with_the_whole_batch(tmp_path,
     # the weights moved, so equality above is not equality of two untouched initialisations
     torch.manual_seed(0)
     initial = build_learner(TrainConfig(**{**TINY, **overrides}), channels=1, image_size=16).state_dict()
-    assert not torch.equal(initial["online_encoder.conv1.weight"], single["state"]["online_encoder.conv1.weight"])
+    first = next(k for k in initial if k.startswith("online_encoder.") and k.endswith("weight"))
+    assert not torch.equal(initial[first], single["state"][first])
 
 
 def _sync_bn_gradients(x: torch.Tensor) -> dict:
@@ -256,6 +260,18 @@ def test_rank_zero_decides_and_a_user_error_reaches_every_rank_as_itself():
 
     with pytest.raises(UserError, match="checkpoint.pt exists"):
         Context().main_decides(refuse)
+
+
+def test_a_timm_vit_and_a_torchvision_model_train_under_torchrun(tmp_path, uninterrupted):
+    data = uninterrupted[0]
+    for backbone in ("timm:vit_tiny_patch16_224", "torchvision:mobilenet_v3_small"):
+        out = tmp_path / backbone.replace(":", "-")
+        result = torchrun(out, data, "--backbone", backbone, "--image-size", "32", "--subset", "64", "--epochs", "1",
+                          "--knn-every", "0")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert {r["world_size"] for r in _metrics(out) if "loss" in r} == {2}
+        assert f"backbone: {backbone}" in (out / "config.yaml").read_text()
+        assert (out / "backbone.safetensors").exists()
 
 
 @pytest.mark.parametrize("method", ["mocov2", "swav", "dino", "barlowtwins", "vicreg"])

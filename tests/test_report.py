@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from byol.config import resolve
-from byol.evaluate import load_encoder
+from byol.export import read_encoder as load_encoder
 from byol.train import train
 
 from .test_train import TINY

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from byol.checkpoint import load_checkpoint
@@ -124,6 +125,19 @@ def test_folder_dataset_trains(tmp_path):
     summary = train(cfg, quiet=True)
     assert summary["finished"] and summary["steps"] == 1
     assert summary["bad_images"] in (0, 1)  # counted when the broken file lands in the full batch
+
+
+def test_a_run_inside_its_warm_up_is_warned_about_and_records_the_lr_it_reached(tmp_path, fashion_dir):
+    out = tmp_path / "short"
+    result = run_cli("train", "--preset", "smoke", "--data", str(fashion_dir), "--subset", "64", "--batch-size", "32",
+                     "--epochs", "1", "--warmup-epochs", "10", "--knn-every", "0", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "--warmup-epochs 10 is as long as the run (--epochs 1)" in result.stderr
+    resolved = yaml.safe_load((out / "config.yaml").read_text())["resolved"]
+    assert resolved["lr_reached"] == pytest.approx(resolved["peak_lr"] * 2 / 20)  # step 2 of a 20-step warm-up
+    normal = run_cli("train", "--preset", "smoke", "--data", str(fashion_dir), "--subset", "64", "--batch-size", "32",
+                     "--epochs", "2", "--knn-every", "0", "--out", str(tmp_path / "normal"))
+    assert normal.returncode == 0 and "warmup" not in normal.stderr
 
 
 def test_python_dash_m_and_version():

@@ -76,6 +76,14 @@ def test_schedule_follows_the_config():
     assert schedule.peak_lr == pytest.approx(0.6)  # 0.3 × 512 / 256
     assert schedule.lr(249) == pytest.approx(0.6) and schedule.lr(1000) == 0.0
     assert schedule.tau(0) == pytest.approx(0.97) and schedule.tau(1000) == 1.0
+    assert schedule.lr_reached == schedule.peak_lr
+
+
+def test_a_warm_up_as_long_as_the_run_never_reaches_the_peak():
+    cfg = resolve(overrides={**TINY, "batch_size": 256, "lr": 0.4, "epochs": 1, "warmup_epochs": 10})
+    schedule = Schedule.for_run(cfg, steps_per_epoch=8)
+    assert schedule.lr_reached == pytest.approx(0.04)  # 8 of 80 warm-up steps: a tenth of the peak
+    assert max(schedule.lr(step) for step in range(schedule.total_steps)) == schedule.lr_reached
 
 
 def test_non_finite_weights_or_loss_are_never_checkpointed():

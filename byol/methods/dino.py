@@ -14,6 +14,7 @@ import copy
 import torch
 from torch import nn
 
+from ..backbones import feature_size
 from ..distributed import all_reduce_sum, rank_and_world
 from ..heads import DINOHead
 from ..learner import Learner, ViewOutputs
@@ -25,12 +26,13 @@ class DINO(Learner):
     accepts_local_views = True
     has_target = True
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, projection_dim: int = 256,
+    def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 256,
                  projector_hidden_dim: int = 2048, prototypes: int = 65536, temperature: float = 0.1,
                  teacher_temperature: float = 0.04, teacher_temperature_start: float = 0.04,
                  teacher_temperature_epochs: float = 0, center_momentum: float = 0.9, clip_grad: float = 3.0,
                  freeze_head_epochs: float = 1.0):
         super().__init__()
+        feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
         self.feature_dim, self.projection_dim, self.temperature = feature_dim, projection_dim, temperature
         self.teacher_temperatures = (teacher_temperature_start, teacher_temperature, teacher_temperature_epochs)
         self.center_momentum, self.clip_grad, self.freeze_epochs = center_momentum, clip_grad, freeze_head_epochs

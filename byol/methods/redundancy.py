@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..backbones import feature_size
 from ..distributed import gather
 from ..heads import mlp
 from ..learner import Learner, ViewOutputs
@@ -22,9 +23,10 @@ from ..loss import barlow_twins_loss, vicreg_loss
 class _Twin(Learner):
     """Encoder + three-layer projector with batch norm, each view through them on its own."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, projection_dim: int, projector_hidden_dim: int,
+    def __init__(self, backbone: nn.Module, feature_dim: int | None, projection_dim: int, projector_hidden_dim: int,
                  hidden_bias: bool):
         super().__init__()
+        feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
         self.feature_dim, self.projection_dim = feature_dim, projection_dim
         self.online_encoder = backbone
         self.online_projector = mlp([feature_dim, projector_hidden_dim, projector_hidden_dim, projection_dim],
@@ -37,7 +39,7 @@ class _Twin(Learner):
 
 
 class BarlowTwins(_Twin):
-    def __init__(self, backbone: nn.Module, feature_dim: int, projection_dim: int = 8192,
+    def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 8192,
                  projector_hidden_dim: int = 8192, lambda_offdiag: float = 0.0051):
         super().__init__(backbone, feature_dim, projection_dim, projector_hidden_dim, hidden_bias=False)
         self.lambda_offdiag = lambda_offdiag
@@ -50,7 +52,7 @@ class BarlowTwins(_Twin):
 
 
 class VICReg(_Twin):
-    def __init__(self, backbone: nn.Module, feature_dim: int, projection_dim: int = 8192,
+    def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 8192,
                  projector_hidden_dim: int = 8192, sim_weight: float = 25.0, var_weight: float = 25.0,
                  cov_weight: float = 1.0):
         super().__init__(backbone, feature_dim, projection_dim, projector_hidden_dim, hidden_bias=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backbones import feature_size
 from ..distributed import gather
 from ..learner import Learner, ViewOutputs
 from ..loss import nt_xent_loss
@@ -13,10 +14,10 @@ from ..model import MLPHead
 class SimCLR(Learner):
     """The projector has BYOL's shape (d → hidden → projection_dim) so only the objective differs."""
 
-    def __init__(self, backbone: torch.nn.Module, feature_dim: int, projection_dim: int = 256,
+    def __init__(self, backbone: torch.nn.Module, feature_dim: int | None = None, projection_dim: int = 256,
                  projector_hidden_dim: int = 4096, temperature: float = 0.1, norm: str = "batch"):
         super().__init__()
-        self.feature_dim = feature_dim
+        self.feature_dim = feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
         self.projection_dim = projection_dim
         self.temperature = temperature
         self.online_encoder = backbone

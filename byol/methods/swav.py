@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import feature_size
 from ..distributed import all_reduce_sum, rank_and_world
 from ..learner import Learner, ViewOutputs
 from ..loss import sinkhorn, swapped_prediction
@@ -25,11 +26,12 @@ class SwAV(Learner):
     accepts_local_views = True
     ASSIGNED = 2  # codes come from the two global crops only
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, projection_dim: int = 128,
+    def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 128,
                  projector_hidden_dim: int = 2048, prototypes: int = 3000, temperature: float = 0.1,
                  sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, queue_size: int = 0,
                  queue_start_epoch: float = 15.0, freeze_head_epochs: float = 1.0):
         super().__init__()
+        feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
         self.feature_dim, self.projection_dim, self.temperature = feature_dim, projection_dim, temperature
         self.epsilon, self.iterations = sinkhorn_epsilon, sinkhorn_iterations
         self.queue_size, self.queue_start_epoch, self.freeze_epochs = queue_size, queue_start_epoch, freeze_head_epochs
