@@ -1,10 +1,10 @@
 """Where and in which number format a step runs: the device, the autocast dtype, the memory format.
 
 `precision: auto` is bf16 autocast where bf16 is faster than fp32 and fp32 elsewhere: on CUDA bf16
-(fp16 where bf16 is unsupported); on a CPU bf16 only with AMX, because with AVX512-BF16 alone a bf16
-step measured slower than fp32 (docs/performance.md has the measurements). The rule reads the CPU's
-flags and never times anything at start-up, so the same command trains in the same precision on
-every run.
+(fp16 where bf16 is unsupported); on a CPU by the rules in `CPU_BF16_RULES`, one per CPU family that
+was measured (docs/performance.md, "Precision on the CPU"). The rule reads what the CPU reports
+(vendor, family, flags) and never times anything at start-up, so the same command trains in the same
+precision on every run.
 """
 
 from __future__ import annotations
@@ -55,25 +55,56 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_amx() else None
+        return torch.bfloat16 if cpu_bf16_rule()[0] else None
     return None
 
 
 def describe_precision(precision: str, device: torch.device, amp_dtype: torch.dtype | None) -> str:
-    """What `auto` chose and, on CPU, why: `fp32 (auto: …)`."""
+    """What `auto` chose and, on CPU, which rule chose it: `bf16 (auto: …)`."""
     name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     if precision != "auto" or device.type != "cpu":
         return name
-    return f"{name} (auto: {'AMX' if amp_dtype is not None else 'no AMX'} on this CPU)"
+    return f"{name} (auto: {cpu_bf16_rule()[1]})"
 
 
-def cpu_has_amx() -> bool:
-    """AMX-BF16 (Sapphire Rapids and later): the CPU feature that makes bf16 autocast pay."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags
+@dataclass(frozen=True)
+class CpuInfo:
+    vendor: str  # GenuineIntel, AuthenticAMD, …
+    family: int  # x86 CPU family: AMD 25 is Zen 3/Zen 4, 26 is Zen 5
+    flags: frozenset[str]
+
+    @classmethod
+    def parse(cls, text: str) -> CpuInfo:
+        """The first processor's entry of a /proc/cpuinfo text (every core of one machine reports the same)."""
+        fields = {}
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        family = fields.get("cpu family", "")
+        return cls(fields.get("vendor_id", ""), int(family) if family.isdigit() else 0,
+                   frozenset(fields.get("flags", "").split()))
+
+
+# (bf16?, why, applies to): the first rule that applies decides. Each entry is a measured CPU family:
+# a bf16 training step against fp32 on the same machine (docs/performance.md).
+CPU_BF16_RULES = (
+    (True, "AMX on this CPU", lambda cpu: "amx_bf16" in cpu.flags),  # Sapphire Rapids and later
+    # Zen 4 and Zen 5 run AVX512-BF16 natively at full width: 1.4-1.8x on a step (Zen 3 has no AVX-512)
+    (True, "AMD Zen 4 or later with AVX512-BF16", lambda cpu: cpu.vendor == "AuthenticAMD" and cpu.family >= 25
+     and "avx512_bf16" in cpu.flags),
+    # Intel's AVX512-BF16 without AMX measured 0.81x on a step; without AVX512-BF16 bf16 is emulated
+    (False, "no AMX, and not an AMD CPU with AVX512-BF16", lambda cpu: True),
+)
+
+
+def cpu_bf16_rule(cpu: CpuInfo | None = None) -> tuple[bool, str]:
+    """Whether `auto` takes bf16 on this CPU, and the rule's reason (printed by `byol train` and `byol bench`)."""
+    if cpu is None:
+        try:
+            cpu = CpuInfo.parse(Path("/proc/cpuinfo").read_text())
+        except OSError:
+            return False, "CPU unknown (no /proc/cpuinfo)"
+    return next((bf16, why) for bf16, why, applies in CPU_BF16_RULES if applies(cpu))
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -7,38 +7,56 @@ from byol.device import describe_precision, resolve_precision
 CPU = torch.device("cpu")
 
 
+INTEL_SAPPHIRE_RAPIDS = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+INTEL_AVX512_BF16 = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16\n"
+AMD_ZEN5 = "vendor_id\t: AuthenticAMD\ncpu family\t: 26\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+AMD_ZEN4 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+AMD_ZEN3 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu avx2\n"  # family 25 too, no AVX-512
+AMD_AVX512_NO_BF16 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu avx2 avx512f\n"
+
+
+def _pretend_cpuinfo(text, tmp_path, monkeypatch):
+    real_path = device_module.Path
+    cpuinfo = tmp_path / "cpuinfo"
+    if text is not None:
+        cpuinfo.write_text("processor\t: 0\n" + text + "\nprocessor\t: 1\n" + text)
+    monkeypatch.setattr(device_module, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+
+
 @pytest.mark.parametrize("name, dtype", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
-@pytest.mark.parametrize("amx", [True, False])
-def test_an_explicit_precision_is_taken_as_asked(name, dtype, amx, monkeypatch):
-    monkeypatch.setattr(device_module, "cpu_has_amx", lambda: amx)
+@pytest.mark.parametrize("cpu", [INTEL_SAPPHIRE_RAPIDS, AMD_ZEN3])
+def test_an_explicit_precision_is_taken_as_asked(name, dtype, cpu, tmp_path, monkeypatch):
+    _pretend_cpuinfo(cpu, tmp_path, monkeypatch)
     assert resolve_precision(name, CPU) is dtype
 
 
-@pytest.mark.parametrize("amx, dtype, why", [(True, torch.bfloat16, "bf16 (auto: AMX on this CPU)"),
-                                             (False, None, "fp32 (auto: no AMX on this CPU)")])
-def test_auto_on_cpu_takes_bf16_only_with_amx(amx, dtype, why, monkeypatch):
-    monkeypatch.setattr(device_module, "cpu_has_amx", lambda: amx)
+@pytest.mark.parametrize("cpu, dtype, why", [
+    (INTEL_SAPPHIRE_RAPIDS, torch.bfloat16, "bf16 (auto: AMX on this CPU)"),
+    (AMD_ZEN5, torch.bfloat16, "bf16 (auto: AMD Zen 4 or later with AVX512-BF16)"),
+    (AMD_ZEN4, torch.bfloat16, "bf16 (auto: AMD Zen 4 or later with AVX512-BF16)"),
+    # measured 0.81x of fp32 on a training step: the flag alone is not enough
+    (INTEL_AVX512_BF16, None, "fp32 (auto: no AMX, and not an AMD CPU with AVX512-BF16)"),
+    (AMD_ZEN3, None, "fp32 (auto: no AMX, and not an AMD CPU with AVX512-BF16)"),
+    (AMD_AVX512_NO_BF16, None, "fp32 (auto: no AMX, and not an AMD CPU with AVX512-BF16)"),
+    (None, None, "fp32 (auto: CPU unknown (no /proc/cpuinfo))"),
+])
+def test_auto_on_cpu_follows_the_measured_rule_for_the_cpu_family(cpu, dtype, why, tmp_path, monkeypatch):
+    _pretend_cpuinfo(cpu, tmp_path, monkeypatch)
     assert resolve_precision("auto", CPU) is dtype
     assert describe_precision("auto", CPU, dtype) == why
 
 
-def test_amx_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
-    real_path = device_module.Path
-    cpuinfo = tmp_path / "cpuinfo"
-    monkeypatch.setattr(device_module, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
-    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16\n")
-    assert not device_module.cpu_has_amx()  # AVX512-BF16 alone measured slower than fp32
-    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
-    assert device_module.cpu_has_amx()
-    cpuinfo.unlink()
-    assert not device_module.cpu_has_amx()
+def test_cpuinfo_is_read_from_the_first_processor():
+    cpu = device_module.CpuInfo.parse("processor\t: 0\n" + AMD_ZEN5 + "\nprocessor\t: 1\n" + INTEL_AVX512_BF16)
+    assert (cpu.vendor, cpu.family) == ("AuthenticAMD", 26) and "avx512_bf16" in cpu.flags
+    assert device_module.CpuInfo.parse("") == device_module.CpuInfo("", 0, frozenset())
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_choosing_a_precision_leaves_the_initial_weights_alone(amx, monkeypatch):
+@pytest.mark.parametrize("cpu", [INTEL_SAPPHIRE_RAPIDS, INTEL_AVX512_BF16])
+def test_choosing_a_precision_leaves_the_initial_weights_alone(cpu, tmp_path, monkeypatch):
     # train seeds torch, then resolves the precision, then builds the model: a choice that drew random
     # numbers (the dropped start-up matmul timing did) would silently change every run's initial weights.
-    monkeypatch.setattr(device_module, "cpu_has_amx", lambda: amx)
+    _pretend_cpuinfo(cpu, tmp_path, monkeypatch)
     torch.manual_seed(0)
     expected = torch.randn(4)
     torch.manual_seed(0)
