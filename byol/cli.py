@@ -147,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
+    for add_command in (_train_command, _eval_command, _embed_command, _bench_command, _ablate_command,
+                        _export_command):
+        add_command(command)
+    return parser
+
+
+# Each adds one subcommand through `command(name, help, func)`, in the order `byol --help` lists them.
+def _train_command(command) -> None:
     train = command("train", "pre-train an encoder (BYOL, or another --method)", cmd_train)
     train.usage = "byol train [--preset NAME] [--config FILE] [OPTION ...]"
     train.add_argument("--preset", choices=PRESETS,
@@ -156,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train)
     train.add_argument("--quiet", action="store_true", help="no progress output; a JSON summary on stdout")
 
+
+def _eval_command(command) -> None:
     evaluate = command("eval", "kNN, linear probe and semi-supervised fine-tune of an encoder", cmd_eval)
     evaluate.add_argument("--checkpoint", required=True, metavar="PATH",
                           help="a run folder, its checkpoint.pt or backbone.safetensors")
@@ -173,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_config_arguments(evaluate, ("workers",))
 
+
+def _embed_command(command) -> None:
     embed = command("embed", "feature matrix of a folder of images", cmd_embed)
     embed.add_argument("--checkpoint", required=True, metavar="PATH",
                        help="a run folder, its checkpoint.pt or backbone.safetensors")
@@ -182,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=256)
     add_config_arguments(embed, ("workers",))
 
+
+def _bench_command(command) -> None:
     bench = command("bench", "time full training steps; images/s, FLOP/s, utilization, peers", cmd_bench)
     add_config_arguments(bench, BENCH_OPTIONS, {**{n: FIELDS[n].default for n in BENCH_OPTIONS}, **BENCH_DEFAULTS})
     bench.add_argument("--channels", type=int, default=3)
@@ -191,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare", metavar="LIST", help="peers to run in the same process: byol-pytorch,lightly (default: none)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
+
+def _ablate_command(command) -> None:
     ablate = command("ablate", "the paper's ablations, or the methods of its comparison table, side by side",
                      cmd_ablate)
     ablate.add_argument("--suite", default="paper", choices=tuple(SUITES),
@@ -201,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--out", default="runs/ablations", metavar="DIR", help="runs, ablations.md and .png go here")
     ablate.add_argument("--quiet", action="store_true")
 
+
+def _export_command(command) -> None:
     export = command("export", "write the trained encoder for byol, torchvision, timm or ONNX", cmd_export)
     export.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a run folder, checkpoint.pt, backbone.safetensors or a safetensors export")
@@ -209,7 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="safetensors: byol's file (byol.load_encoder); torchvision/timm: the state_dict of the "
                              "original class, strict=True; onnx: checked with onnxruntime when installed "
                              "(default: onnx for a .onnx file, else safetensors)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
