@@ -189,6 +189,10 @@ class Trainer:
         """Load a checkpoint into every part; returns its step. Only before the first step."""
         if self._model is not None:
             raise RuntimeError("restore() after the first step: DDP has already broadcast the unrestored weights")
+        saved_stem = state.encoder_info.get("stem", self.info.stem)
+        if saved_stem != self.info.stem:  # same parameter shapes, so the load below would not notice
+            raise UserError(f"{source}: trained with the '{saved_stem}' stem, this configuration builds "
+                            f"'{self.info.stem}': resume with --stem {saved_stem}, or choose another --out")
         changed = changed_trajectory_keys(state.config, self.cfg)
         if changed:
             log.warning(f"resuming with changed settings: {', '.join(changed)}")

@@ -82,6 +82,26 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, fashion_dir):
     assert again.stderr.strip().count("\n") == 0 and "--resume" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_resume_refuses_a_stem_the_checkpoint_was_not_trained_with(tmp_path, fashion_dir):
+    # the pooled and unpooled CIFAR stems have the same parameters: a load would succeed and silently
+    # continue (or export) pooled weights as an unpooled network
+    out = tmp_path / "run"
+    first = resolve(overrides={**TINY, "epochs": 1, "stem": "cifar-pool", "data": str(fashion_dir), "out": str(out)})
+    train(first, quiet=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    args = ["train", "--data", str(fashion_dir), "--out", str(out), "--subset", "128", "--width", "0.125",
+            "--projection-dim", "16", "--projector-hidden-dim", "32", "--predictor-hidden-dim", "32",
+            "--batch-size", "32", "--epochs", "1", "--warmup-epochs", "0.5", "--lr", "0.4", "--base-tau", "0.97",
+            "--log-every", "1", "--checkpoint-every", "3", "--precision", "fp32", "--stem", "cifar", "--resume",
+            "--quiet"]
+    refused = run_cli(*args)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "'cifar-pool' stem" in refused.stderr and "--stem cifar-pool" in refused.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing written
+    args[args.index("cifar")] = "cifar-pool"
+    assert run_cli(*args).returncode == 0
+
+
 def test_resume_without_checkpoint_starts_fresh(tmp_path, fashion_dir):
     cfg = resolve(overrides={**TINY, "epochs": 1, "data": str(fashion_dir), "out": str(tmp_path / "r"),
                              "resume": True})
