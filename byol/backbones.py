@@ -106,13 +106,6 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def first_conv_in_channels(module: nn.Module) -> int | None:
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            return layer.in_channels
-    return None
-
-
 def feature_size(backbone: nn.Module, input_shape: tuple[int, int, int] | None = None) -> int:
     """The size D of the (B, D) features `backbone` returns: what it declares (`feature_dim`, or timm's
     `num_features` when `num_classes=0`), else a dry run on `input_shape`, on the size the backbone declares (a ViT's), or on
@@ -122,7 +115,7 @@ def feature_size(backbone: nn.Module, input_shape: tuple[int, int, int] | None =
         declared = getattr(backbone, "num_features", None)
     if isinstance(declared, int):
         return declared
-    shape = input_shape or zoo.declared_input_shape(backbone) or (first_conv_in_channels(backbone) or 3, 64, 64)
+    shape = input_shape or zoo.declared_input_shape(backbone) or (zoo.first_conv_in_channels(backbone) or 3, 64, 64)
     try:
         return infer_feature_dim(backbone, shape)
     except (RuntimeError, AssertionError, TypeError) as error:  # a fixed-size model refusing 64×64, say

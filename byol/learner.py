@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .backbones import feature_size
+
 
 class ViewOutputs(NamedTuple):
     """What a learner computed on the way to its loss, for monitors (probe, collapse)."""
@@ -35,6 +37,15 @@ class Learner(nn.Module):
     def __init__(self):
         super().__init__()
         self.step, self.epoch = 0, 0.0
+
+    def attach_encoder(self, backbone: nn.Module, feature_dim: int | None = None,
+                       input_shape: tuple[int, int, int] | None = None) -> int:
+        """Make `backbone` the online encoder and return the size D of its (B, D) features: `feature_dim` when
+        given, else what `feature_size` finds. The heads are built on D, after the encoder, so it stays the
+        first module (parameter order, and with it optimizer state, is unchanged)."""
+        self.online_encoder = backbone
+        self.feature_dim = feature_size(backbone, input_shape) if feature_dim is None else feature_dim
+        return self.feature_dim
 
     def set_progress(self, step: int, epoch: float) -> None:
         self.step, self.epoch = step, epoch

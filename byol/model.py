@@ -24,7 +24,6 @@ import copy
 import torch
 from torch import nn
 
-from .backbones import feature_size
 from .distributed import gather
 from .learner import Learner, ViewOutputs
 from .loss import byol_loss, negatives_term
@@ -72,10 +71,7 @@ class BYOL(Learner):
         norm: str = "batch",
     ):
         super().__init__()
-        if feature_dim is None:
-            feature_dim = feature_size(backbone, input_shape)
-        self.feature_dim = feature_dim
-        self.online_encoder = backbone
+        feature_dim = self.attach_encoder(backbone, feature_dim, input_shape)
         self.projection_dim = projection_dim
         self.negatives_beta = negatives_beta
         self.temperature = temperature

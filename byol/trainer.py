@@ -19,7 +19,7 @@ import torch
 
 from . import zoo
 from .augment import LOCAL_VIEW, VIEW1, VIEW2, BYOLAugment, EvalTransform, MultiCropAugment, local_size_for, without
-from .backbones import build_backbone, resolve_stem
+from .backbones import build_backbone, infer_feature_dim, resolve_stem
 from .checkpoint import EncoderInfo, TrainingState
 from .config import TrainConfig, changed_trajectory_keys
 from .data import ImageDataset
@@ -48,18 +48,14 @@ def optimizer_for(cfg: TrainConfig, learner: torch.nn.Module) -> torch.optim.Opt
                            cfg.clip_lr, cfg.bias_lr_multiplier)
 
 
-@torch.no_grad()
 def check_input_size(backbone: torch.nn.Module, channels: int, size: int, name: str) -> None:
     """Refuse, in one line, a backbone that cannot take multi-crop's smaller local crops (a fixed-size ViT)."""
-    training = backbone.training
     try:
-        backbone.eval()(torch.zeros(2, channels, size, size))
+        infer_feature_dim(backbone, (channels, size, size))
     except (RuntimeError, AssertionError, ValueError) as error:
         raise UserError(f"--local-crops: {name} does not take the {size} px local crops "
                         f"({str(error).splitlines()[0][:100]}); use a model that takes any size (timm's ViTs do, "
                         "torchvision's do not) or --local-crops 0") from None
-    finally:
-        backbone.train(training)
 
 
 def build_augment(cfg: TrainConfig, image_size: int, mean, std) -> torch.nn.Module:

@@ -131,10 +131,16 @@ def _last_linear(model: nn.Module):
     return found
 
 
+def first_conv_in_channels(module: nn.Module) -> int | None:
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            return layer.in_channels
+    return None
+
+
 def declared_input_shape(backbone: nn.Module) -> tuple[int, int, int] | None:
     """The (C, H, W) a fixed-size backbone declares: torchvision ViTs' `image_size`, timm's patch embedding
     `img_size`, else timm's `pretrained_cfg['input_size']`; None for a backbone that declares none."""
-    channels = next((m.in_channels for m in backbone.modules() if isinstance(m, nn.Conv2d)), 3)
     size = getattr(backbone, "image_size", None)
     embed = getattr(backbone, "patch_embed", None)
     if size is None and embed is not None:
@@ -142,6 +148,8 @@ def declared_input_shape(backbone: nn.Module) -> tuple[int, int, int] | None:
     if size is None:
         declared = (getattr(backbone, "pretrained_cfg", None) or {}).get("input_size")
         size = tuple(declared[-2:]) if declared else None
-    if isinstance(size, (tuple, list)):
-        return (channels, *size[-2:])
-    return (channels, size, size) if isinstance(size, int) else None
+    if isinstance(size, int):
+        size = (size, size)
+    if not isinstance(size, (tuple, list)):
+        return None
+    return (first_conv_in_channels(backbone) or 3, *size[-2:])

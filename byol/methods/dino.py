@@ -14,7 +14,6 @@ import copy
 import torch
 from torch import nn
 
-from ..backbones import feature_size
 from ..distributed import all_reduce_sum, rank_and_world
 from ..heads import DINOHead
 from ..learner import Learner, ViewOutputs
@@ -32,11 +31,10 @@ class DINO(Learner):
                  teacher_temperature_epochs: float = 0, center_momentum: float = 0.9, clip_grad: float = 3.0,
                  freeze_head_epochs: float = 1.0):
         super().__init__()
-        feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
-        self.feature_dim, self.projection_dim, self.temperature = feature_dim, projection_dim, temperature
+        feature_dim = self.attach_encoder(backbone, feature_dim)
+        self.projection_dim, self.temperature = projection_dim, temperature
         self.teacher_temperatures = (teacher_temperature_start, teacher_temperature, teacher_temperature_epochs)
         self.center_momentum, self.clip_grad, self.freeze_epochs = center_momentum, clip_grad, freeze_head_epochs
-        self.online_encoder = backbone
         self.online_projector = DINOHead(feature_dim, projector_hidden_dim, projection_dim, prototypes)
         self.target_encoder = copy.deepcopy(backbone)
         self.target_projector = copy.deepcopy(self.online_projector)

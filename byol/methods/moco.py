@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import feature_size
 from ..distributed import gather
 from ..heads import mlp
 from ..learner import Learner, ViewOutputs
@@ -28,9 +27,8 @@ class MoCo(Learner):
     def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 128,
                  projector_hidden_dim: int = 2048, queue_size: int = 65536, temperature: float = 0.2):
         super().__init__()
-        feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
-        self.feature_dim, self.projection_dim, self.temperature = feature_dim, projection_dim, temperature
-        self.online_encoder = backbone
+        feature_dim = self.attach_encoder(backbone, feature_dim)
+        self.projection_dim, self.temperature = projection_dim, temperature
         self.online_projector = mlp([feature_dim, projector_hidden_dim, projection_dim], batch_norm=False)
         self.target_encoder = copy.deepcopy(backbone)
         self.target_projector = copy.deepcopy(self.online_projector)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..backbones import feature_size
 from ..distributed import gather
 from ..heads import mlp
 from ..learner import Learner, ViewOutputs
@@ -26,9 +25,8 @@ class _Twin(Learner):
     def __init__(self, backbone: nn.Module, feature_dim: int | None, projection_dim: int, projector_hidden_dim: int,
                  hidden_bias: bool):
         super().__init__()
-        feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
-        self.feature_dim, self.projection_dim = feature_dim, projection_dim
-        self.online_encoder = backbone
+        feature_dim = self.attach_encoder(backbone, feature_dim)
+        self.projection_dim = projection_dim
         self.online_projector = mlp([feature_dim, projector_hidden_dim, projector_hidden_dim, projection_dim],
                                     bias=hidden_bias, last_bias=False)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..backbones import feature_size
 from ..distributed import gather
 from ..learner import Learner, ViewOutputs
 from ..loss import nt_xent_loss
@@ -17,10 +16,9 @@ class SimCLR(Learner):
     def __init__(self, backbone: torch.nn.Module, feature_dim: int | None = None, projection_dim: int = 256,
                  projector_hidden_dim: int = 4096, temperature: float = 0.1, norm: str = "batch"):
         super().__init__()
-        self.feature_dim = feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
+        feature_dim = self.attach_encoder(backbone, feature_dim)
         self.projection_dim = projection_dim
         self.temperature = temperature
-        self.online_encoder = backbone
         self.online_projector = MLPHead(feature_dim, projector_hidden_dim, projection_dim, norm)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..backbones import feature_size
 from ..learner import Learner, ViewOutputs
 from ..loss import negative_cosine_loss
 from ..model import MLPHead
@@ -18,9 +17,8 @@ class SimSiam(Learner):
     def __init__(self, backbone: torch.nn.Module, feature_dim: int | None = None, projection_dim: int = 256,
                  projector_hidden_dim: int = 4096, predictor_hidden_dim: int = 4096, norm: str = "batch"):
         super().__init__()
-        self.feature_dim = feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
+        feature_dim = self.attach_encoder(backbone, feature_dim)
         self.projection_dim = projection_dim
-        self.online_encoder = backbone
         self.online_projector = MLPHead(feature_dim, projector_hidden_dim, projection_dim, norm)
         self.predictor = MLPHead(projection_dim, predictor_hidden_dim, projection_dim, norm)
 

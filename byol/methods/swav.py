@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import feature_size
 from ..distributed import all_reduce_sum, rank_and_world
 from ..learner import Learner, ViewOutputs
 from ..loss import sinkhorn, swapped_prediction
@@ -31,11 +30,10 @@ class SwAV(Learner):
                  sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, queue_size: int = 0,
                  queue_start_epoch: float = 15.0, freeze_head_epochs: float = 1.0):
         super().__init__()
-        feature_dim = feature_size(backbone) if feature_dim is None else feature_dim
-        self.feature_dim, self.projection_dim, self.temperature = feature_dim, projection_dim, temperature
+        feature_dim = self.attach_encoder(backbone, feature_dim)
+        self.projection_dim, self.temperature = projection_dim, temperature
         self.epsilon, self.iterations = sinkhorn_epsilon, sinkhorn_iterations
         self.queue_size, self.queue_start_epoch, self.freeze_epochs = queue_size, queue_start_epoch, freeze_head_epochs
-        self.online_encoder = backbone
         self.online_projector = MLPHead(feature_dim, projector_hidden_dim, projection_dim)
         self.prototypes = nn.Linear(projection_dim, prototypes, bias=False)
         self.register_buffer("queue", None, persistent=False)
