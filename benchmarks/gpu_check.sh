@@ -410,7 +410,7 @@ def _syncs():
     out["collapse_metrics_log_step"] = count_syncs(lambda: collapse_metrics(outputs.projections[0],
                                                                             outputs.representations[0]))
     from byol.monitor import Monitor
-    cfg = SimpleNamespace(knn_every=0, online_probe=True, seed=0)
+    cfg = TrainConfig(knn_every=0, online_probe=True, seed=0)  # the real config: new options come with it
     dataset = SimpleNamespace(labels=torch.zeros(10, dtype=torch.long), num_classes=10, load_size=None)
     monitor = Monitor(cfg, dataset, s.learner.feature_dim, SIZE, DEV, total_steps=1000, main=True)
     labels_cpu = torch.randint(0, 10, (BATCH,))
@@ -538,7 +538,7 @@ def _phases():
     out["lars_step_ms"] = ms(median_s(s.optimizer.step))
     out["update_target_ms"] = ms(median_s(lambda: s.learner.update_target(0.99)))
     from byol.monitor import Monitor
-    cfg = SimpleNamespace(knn_every=0, online_probe=True, seed=0)
+    cfg = TrainConfig(knn_every=0, online_probe=True, seed=0)  # the real config: new options come with it
     dataset = SimpleNamespace(labels=torch.zeros(10, dtype=torch.long), num_classes=10, load_size=None)
     monitor = Monitor(cfg, dataset, s.learner.feature_dim, SIZE, DEV, total_steps=1000, main=True)
     rep = torch.randn(BATCH, s.learner.feature_dim, device=DEV)
