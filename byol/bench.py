@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import peers
+from . import peers, zoo
 from .augment import BYOLAugment
 from .config import TrainConfig
 from .device import Runtime, resolve_device
@@ -203,9 +203,12 @@ def format_result(result: dict) -> str:
         return "–" if value is None else f"{value / scale:.{digits}f}{unit}"
 
     memory_key = "peak_cuda_memory_mb" if "peak_cuda_memory_mb" in result else "peak_rss_mb"
+    # --width scales only our ResNets; a library model is built as its library defines it
+    width = "" if result["backbone"].startswith(zoo.PREFIXES) else f" ×{result['width']}"
     lines = [
         f"device       {result['device']}",
-        f"model        {result['backbone']} ×{result['width']}, {result['image_size']} px, batch {result['batch_size']}, "
+        f"model        {result['backbone']}{width}, "
+        f"{result['image_size']} px, batch {result['batch_size']}, "
         f"{result['precision']}{', channels_last' if result['channels_last'] else ''}"
         f"{', compiled' if result['compile'] else ''}",
         f"precision    {result['precision_choice']}",

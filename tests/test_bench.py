@@ -116,3 +116,6 @@ def test_the_peak_is_the_best_of_matmuls_and_convolutions_and_never_silently_exc
     result = bench(**TINY)
     assert result["utilization"] > 1 and "above 100%" in result["utilization_note"]
     assert "above 100%" in bench_module.format_result(result)
+    assert "model        resnet18 ×0.125," in bench_module.format_result(result)
+    named = bench_module.format_result({**result, "backbone": "torchvision:resnet18", "width": 1.0})
+    assert "model        torchvision:resnet18, " in named  # no width: --width does not apply to library models
