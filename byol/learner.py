@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .backbones import feature_size
+from .optim import clip_gradients_per_parameter
 
 
 class ViewOutputs(NamedTuple):
@@ -32,6 +33,7 @@ class Learner(nn.Module):
     """Defaults of the surface above: no local crops, no progress-dependent state, no target."""
 
     accepts_local_views = False  # multi-crop: only methods whose official recipe uses it
+    clip_grad = 0.0  # each parameter's gradient clipped to this norm before the step (0: off; --clip-grad)
     has_target = False  # an EMA target network: `update_target(tau)` moves it, the log shows τ
 
     def __init__(self):
@@ -51,7 +53,9 @@ class Learner(nn.Module):
         self.step, self.epoch = step, epoch
 
     def before_optimizer_step(self) -> None:
-        """Gradient surgery between backward and the optimizer step (freezing, clipping); none by default."""
+        """Gradient surgery between backward and the optimizer step: here the per-parameter clipping every
+        method honours; a method that also freezes parts of itself calls this first, as DINO's code does."""
+        clip_gradients_per_parameter(self.parameters(), self.clip_grad)
 
     def update_target(self, tau: float) -> None:
         """ξ ← τ·ξ + (1 − τ)·θ for a method with a target network; nothing otherwise."""

@@ -35,6 +35,18 @@ def lars_param_groups(model: nn.Module, weight_decay: float, excluded_lr_multipl
     ]
 
 
+@torch.no_grad()
+def clip_gradients_per_parameter(parameters, max_norm: float) -> None:
+    """Scale each parameter's gradient to norm ≤ `max_norm` on its own (DINO's clipping, not one global norm),
+    in two multi-tensor kernels and without reading anything back to the host; 0 turns it off."""
+    if not max_norm:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if grads:
+        norms = torch.stack(torch._foreach_norm(grads))
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norms + 1e-6), max=1.0).unbind())
+
+
 class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling (You et al. 2017) in the form BYOL's official code uses.
 

@@ -56,6 +56,23 @@ def test_every_method_learns_through_the_shared_surface(method):
         assert all(torch.equal(a, b) for a, b in zip(frozen, learner.parameters()))
 
 
+@pytest.mark.parametrize("method", ["byol", "simclr", "simsiam", *SMALL])
+def test_clip_grad_reaches_every_method_and_zero_leaves_gradients_alone(method):
+    grads = {}
+    for clip_grad in (0.0, 0.01):
+        torch.manual_seed(0)
+        learner = build_method(method, backbone(), 64, **SMALL.get(method, {}), clip_grad=clip_grad)
+        learner.set_progress(0, 5.0)  # past any head freezing
+        learner(*crops()).backward()
+        learner.before_optimizer_step()
+        grads[clip_grad] = [p.grad.clone() for p in learner.parameters() if p.grad is not None]
+    norms = [g.norm() for g in grads[0.0]]
+    assert max(norms) > 0.02  # so the clip has something to do
+    assert all(g.norm() <= 0.01 + 1e-6 for g in grads[0.01])  # each parameter's gradient on its own
+    for raw, clipped, norm in zip(grads[0.0], grads[0.01], norms):  # the direction is kept
+        assert torch.allclose(clipped, raw * min(1.0, 0.01 / (norm.item() + 1e-6)), atol=1e-7)
+
+
 @pytest.mark.parametrize("method", ["mocov2", "barlowtwins", "vicreg"])
 def test_methods_without_multi_crop_refuse_local_views(method):
     learner = build_method(method, backbone(), 64, **SMALL[method])
@@ -100,6 +117,27 @@ def test_swav_prototypes_are_unit_norm_frozen_then_trained_and_the_queue_waits_u
     assert learner.queued == 8  # a no-grad forward leaves the queue alone
     step(learner, crops(local=2, seed=4))
     assert learner.queued == 16
+
+
+def test_swav_queue_is_saved_and_only_a_one_process_queue_comes_back():
+    def swav():
+        torch.manual_seed(0)
+        return SwAV(backbone(), 64, projection_dim=16, projector_hidden_dim=32, prototypes=20, queue_size=16,
+                    queue_start_epoch=0)
+    learner = swav()
+    learner.set_progress(0, 0.0)
+    step(learner, crops())
+    state = learner.state_dict()
+    resumed = swav()
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.queue, learner.queue) and resumed.queued == learner.queued == 8
+    assert all(isinstance(value, torch.Tensor) for value in state.values())
+    rank0 = {**state, "queue_filled": torch.tensor([8, 2])}  # saved by rank 0 of two: its own embeddings only
+    older = {k: v for k, v in state.items() if not k.startswith("queue")}  # a checkpoint from before
+    for saved in (rank0, older):
+        resumed = swav()
+        resumed.load_state_dict(saved)
+        assert resumed.queue is None and resumed.queued == 0
 
 
 def test_dino_centre_teacher_temperature_freeze_and_clipping():

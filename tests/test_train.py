@@ -181,9 +181,11 @@ def test_every_method_trains_from_the_cli_with_its_own_recipe(tmp_path, fashion_
 
 
 @pytest.mark.parametrize("method, extra", [("mocov2", {"queue_size": 64}), ("dino", {"local_crops": 2, "prototypes": 64}),
-                                           ("swav", {"local_crops": 2, "prototypes": 64})])
+                                           ("swav", {"local_crops": 2, "prototypes": 64, "queue_size": 64,
+                                                     "queue_start_epoch": 0.0})])
 def test_methods_with_state_resume_to_the_uninterrupted_run(tmp_path, fashion_dir, method, extra):
-    """MoCo's queue and DINO's centre are in the checkpoint; SwAV without a queue keeps no state."""
+    """MoCo's queue, DINO's centre and SwAV's queue are in the checkpoint (SwAV's is full and in use by the
+    stop at step 3: 64 = 2 batches of 32)."""
     base = {**TINY, "method": method, **extra, "data": str(fashion_dir), "knn_every": 0, "online_probe": False}
     straight = resolve(overrides={**base, "out": str(tmp_path / "straight")})
     train(straight, quiet=True)
@@ -194,4 +196,6 @@ def test_methods_with_state_resume_to_the_uninterrupted_run(tmp_path, fashion_di
     a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "resumed"))
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert ("queue" in a["model"]) == (method == "mocov2") and ("center" in a["model"]) == (method == "dino")
+    assert ("queue" in a["model"]) == (method != "dino") and ("center" in a["model"]) == (method == "dino")
+    if method == "swav":
+        assert a["model"]["queue_filled"].tolist() == [256, 1]  # 8 steps of 32, one process

@@ -59,7 +59,10 @@ def build_method(method: str, backbone: nn.Module, feature_dim: int, /, **option
         raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     cls = METHODS[method]
     accepted = set(model_defaults(method)) - {"feature_dim"}
-    return cls(backbone, feature_dim, **{k: v for k, v in options.items() if k in accepted})
+    learner = cls(backbone, feature_dim, **{k: v for k, v in options.items() if k in accepted})
+    if "clip_grad" in options:  # every learner honours it (Learner.before_optimizer_step), named or not
+        learner.clip_grad = options["clip_grad"]
+    return learner
 
 
 __all__ = ["BYOL", "DINO", "METHODS", "RECIPES", "BarlowTwins", "MoCo", "SimCLR", "SimSiam", "SwAV", "VICReg",

@@ -83,12 +83,9 @@ class DINO(Learner):
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
-        """Each parameter's gradient clipped to norm `clip_grad` (not the global norm), then the student's last
-        layer left out while it is frozen."""
-        grads = [p.grad for p in self.online_parameters() if p.grad is not None]
-        if self.clip_grad and grads:
-            norms = torch.stack(torch._foreach_norm(grads))
-            torch._foreach_mul_(grads, torch.clamp(self.clip_grad / (norms + 1e-6), max=1.0).unbind())
+        """Each parameter's gradient clipped to norm `clip_grad` (Learner's), then the student's last layer
+        left out while it is frozen."""
+        super().before_optimizer_step()
         if self.epoch < self.freeze_epochs:
             for param in self.online_projector.last_layer.parameters():
                 param.grad = None

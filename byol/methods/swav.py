@@ -5,7 +5,8 @@ global crops, Sinkhorn-Knopp turns its scores (with a queue of earlier embedding
 into equipartitioned soft codes, which every other crop predicts through softmax(scores / T). Prototypes
 are renormalised before every forward and frozen (their gradient dropped) for the first epochs. Under
 torchrun the Sinkhorn sums run over all ranks, so the codes are those of the global batch; the queue is
-each rank's own, as in the official code, and is refilled after a resume (docs/methods.md).
+each rank's own, as in the official code. A single-process run's checkpoint holds its queue; under torchrun
+only rank 0's would be saved, so there the queue refills after a resume (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -87,6 +88,26 @@ class SwAV(Learner):
             self.queue = torch.zeros(self.ASSIGNED, per_rank, like.shape[1], device=like.device)
             self.queued = 0
 
+    # The queue, once it exists, is saved as two tensors: itself and (embeddings written, processes). Its
+    # size is only known at its start, so it is not an ordinary buffer, and the state_dict stays tensors only.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.queue is not None:
+            _, world_size = rank_and_world()
+            destination[prefix + "queue"] = self.queue if keep_vars else self.queue.detach()
+            destination[prefix + "queue_filled"] = torch.tensor([self.queued, world_size])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A queue saved by one process resumes in one process; any other case starts empty and refills,
+        since a rank's queue holds that rank's own embeddings (and older checkpoints have none)."""
+        queue, filled = state_dict.pop(prefix + "queue", None), state_dict.pop(prefix + "queue_filled", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        _, world_size = rank_and_world()
+        self.queue, self.queued = None, 0
+        if queue is not None and filled is not None and int(filled[1]) == 1 == world_size:
+            self.queue, self.queued = queue.to(self.prototypes.weight.device, copy=True), int(filled[0])
+
     def before_optimizer_step(self) -> None:
+        super().before_optimizer_step()
         if self.epoch < self.freeze_epochs:
             self.prototypes.weight.grad = None  # no update, no momentum, no weight decay for them yet
