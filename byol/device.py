@@ -53,7 +53,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_bf16_rule(device)[0] else torch.float16
     if device.type == "cpu":
         return torch.bfloat16 if cpu_bf16_rule()[0] else None
     return None
@@ -62,9 +62,21 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 def describe_precision(precision: str, device: torch.device, amp_dtype: torch.dtype | None) -> str:
     """What `auto` chose and, on CPU, which rule chose it: `bf16 (auto: …)`."""
     name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
-    if precision != "auto" or device.type != "cpu":
+    if precision != "auto" or device.type not in ("cpu", "cuda"):
         return name
-    return f"{name} (auto: {cpu_bf16_rule()[1]})"
+    return f"{name} (auto: {(cuda_bf16_rule(device) if device.type == 'cuda' else cpu_bf16_rule())[1]})"
+
+
+def cuda_bf16_rule(device: torch.device) -> tuple[bool, str]:
+    """bf16 where the GPU computes it natively (compute capability 8.0, Ampere, and later; ROCm); fp16
+    before that. torch.cuda.is_bf16_supported() also says yes for the emulated bf16 of a T4 or V100,
+    which is far slower there than fp16."""
+    if torch.version.hip:
+        return True, "ROCm"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return True, f"native on compute capability {major}.{minor}"
+    return False, f"compute capability {major}.{minor} has no native bf16"
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,22 @@ def test_auto_on_cpu_follows_the_measured_rule_for_the_cpu_family(cpu, dtype, wh
     assert describe_precision("auto", CPU, dtype) == why
 
 
+@pytest.mark.parametrize("capability, dtype, why", [
+    ((9, 0), torch.bfloat16, "bf16 (auto: native on compute capability 9.0)"),  # H100
+    ((8, 0), torch.bfloat16, "bf16 (auto: native on compute capability 8.0)"),  # A100
+    ((7, 5), torch.float16, "fp16 (auto: compute capability 7.5 has no native bf16)"),  # T4: emulated bf16
+    ((7, 0), torch.float16, "fp16 (auto: compute capability 7.0 has no native bf16)"),  # V100
+])
+def test_auto_on_cuda_takes_bf16_only_where_the_gpu_computes_it(capability, dtype, why, monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # torch's answer
+    cuda = torch.device("cuda")
+    assert resolve_precision("auto", cuda) is dtype
+    assert describe_precision("auto", cuda, dtype) == why
+    assert resolve_precision("bf16", cuda) is torch.bfloat16  # asked for: taken, emulated or not
+
+
 def test_cpuinfo_is_read_from_the_first_processor():
     cpu = device_module.CpuInfo.parse("processor\t: 0\n" + AMD_ZEN5 + "\nprocessor\t: 1\n" + INTEL_AVX512_BF16)
     assert (cpu.vendor, cpu.family) == ("AuthenticAMD", 26) and "avx512_bf16" in cpu.flags
