@@ -102,6 +102,15 @@ def test_training_steps_never_wait_for_the_device(precision):
     assert all(torch.isfinite(p).all() for p in trainer.learner.parameters())
 
 
+def test_fp16_steps_with_the_gradient_scaler_stay_finite():
+    """fp16 is what `auto` picks on GPUs without native bf16 (T4, V100); its scaler reads one flag a step."""
+    trainer, stream = cuda_trainer("fp16")
+    assert trainer.scaler.is_enabled()
+    losses = [trainer.step(images, labels, step).loss for step, (images, labels) in enumerate(stream.epoch(0, 0))]
+    assert torch.isfinite(torch.stack(losses)).all() and trainer.scaler.get_scale() > 0
+    assert all(torch.isfinite(p).all() for p in trainer.learner.parameters())
+
+
 def test_evaluation_on_cuda_equals_the_cpus():
     torch.manual_seed(0)
     encoder = build_learner(resolve(overrides=SMALL), channels=1, image_size=28).online_encoder.eval()

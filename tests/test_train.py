@@ -72,6 +72,22 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, fashion_
     assert losses_a == losses_b
 
 
+def test_fp16_keeps_its_gradient_scaler_in_the_checkpoint_and_resumes_to_the_uninterrupted_run(tmp_path, fashion_dir):
+    """fp16 (what `auto` picks on a GPU without native bf16) trains with a GradScaler, whose state is the run's."""
+    base = {**TINY, "precision": "fp16", "data": str(fashion_dir), "knn_every": 0, "online_probe": False,
+            "epochs": 1, "checkpoint_every": 2}  # 4 steps: fp16 is emulated, so slow, on a CPU
+    train(resolve(overrides={**base, "out": str(tmp_path / "straight")}), quiet=True)
+    train(resolve(overrides={**base, "out": str(tmp_path / "resumed"), "stop_after_steps": 2}), quiet=True)
+    assert train(resolve(config_file=str(tmp_path / "resumed" / "config.yaml"), overrides={"resume": True}),
+                 quiet=True)["finished"]
+    a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "resumed"))
+    assert a["scaler"] == b["scaler"] and a["scaler"]["_growth_tracker"] > 0  # steps since the scale last changed
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    losses = [json.loads(line).get("loss") for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(loss) for loss in losses if loss is not None)
+
+
 def test_existing_run_is_not_overwritten_without_resume(tmp_path, fashion_dir):
     args = ["train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), "--subset", "64", "--batch-size",
             "32", "--epochs", "1", "--width", "0.125", "--projector-hidden-dim", "32", "--predictor-hidden-dim", "32",
