@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .ablate import SUITE_PRESETS, SUITES, run_suite
 from .bench import bench, format_result
-from .config import FIELDS, PRESETS, TrainConfig, check_options, flag, resolve
+from .config import FIELDS, PRESETS, TrainConfig, check_method_takes, check_options, flag, resolve
 from .data import DATASETS
 from .distributed import launched_as_main, launched_world_size
 from .errors import UserError
@@ -58,7 +58,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, names=None, defaults: 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {name: getattr(args, name) for name in FIELDS}
-    return resolve(args.preset, args.config, overrides)
+    config = resolve(args.preset, args.config, overrides)
+    check_method_takes(config.method, [name for name, value in overrides.items() if value is not None])
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from .backbones import ARCHITECTURES, STEMS, backbone_problem
 from .data import DATASETS
 from .device import PRECISIONS
 from .errors import UserError
-from .methods import METHODS, method_defaults
+from .methods import METHODS, method_defaults, model_defaults
 from .norm import NORMS
 from .optim import OPTIMIZERS
 
@@ -370,6 +370,26 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
     for values, source in layers:
         config = merge(config, values, source)
     return config.validate()
+
+
+def method_option_users() -> dict[str, list[str]]:
+    """Options that only some methods take (named in their constructors), with those methods. Left out:
+    --clip-grad, which every learner honours, and --norm, which also shapes the backbone of every method."""
+    users: dict[str, list[str]] = {}
+    for method in METHODS:
+        for name in model_defaults(method):
+            if name in FIELDS and name not in ("clip_grad", "norm"):
+                users.setdefault(name, []).append(method)
+    return {name: methods for name, methods in users.items() if len(methods) < len(METHODS)}
+
+
+def check_method_takes(method: str, given: list[str]) -> None:
+    """Refuse, in one line, an option given on the command line that the chosen method would ignore (a
+    preset or YAML file may hold options for other methods; the command line is what the user just asked)."""
+    users = method_option_users()
+    for name in given:
+        if name in users and method not in users[name]:
+            raise UserError(f"{flag(name)}: --method {method} does not use it (only {', '.join(users[name])} do)")
 
 
 def changed_trajectory_keys(saved: dict, config: TrainConfig) -> list[str]:

@@ -1,5 +1,7 @@
 import dataclasses
 
+import pytest
+
 from byol.cli import build_parser, config_from_args
 from byol.config import TrainConfig
 
@@ -18,6 +20,29 @@ def test_command_line_reaches_the_config():
     assert (cfg.batch_size, cfg.base_tau, cfg.online_probe, cfg.knn_every, cfg.channels_last) == (32, 0.9, False, 0,
                                                                                                    True)
     assert cfg.subset == 512  # untouched preset values survive
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--method", "simclr", "--queue-size", "64"], "--queue-size: --method simclr does not use it (only mocov2, swav do)"),
+    (["--prototypes", "100"], "--prototypes: --method byol does not use it (only swav, dino do)"),
+    (["--method", "mocov2", "--predictor-hidden-dim", "64"], "--predictor-hidden-dim: --method mocov2"),
+    (["--method", "vicreg", "--teacher-temperature", "0.07"], "--teacher-temperature: --method vicreg"),
+])
+def test_an_option_the_method_would_ignore_is_refused_in_one_line(args, named, capsys):
+    from byol.cli import main
+
+    assert main(["train", "--preset", "smoke", *args]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and named in error
+
+
+def test_options_the_method_takes_and_options_every_method_takes_are_accepted():
+    for args in (["--method", "swav", "--queue-size", "256", "--prototypes", "100"],
+                 ["--method", "simclr", "--clip-grad", "1.0", "--norm", "group-ws"],  # every method honours these
+                 ["--method", "mocov2", "--temperature", "0.5"]):
+        config_from_args(build_parser().parse_args(["train", "--preset", "smoke", *args]))
+    # a preset's or file's values are not the user's request: only the command line is checked
+    assert config_from_args(build_parser().parse_args(["train", "--preset", "ablate-cpu", "--method", "vicreg"]))
 
 
 def test_commands_other_than_train_refuse_torchrun_with_one_line_from_rank_zero(monkeypatch, capsys):

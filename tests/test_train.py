@@ -186,8 +186,8 @@ def test_every_method_trains_from_the_cli_with_its_own_recipe(tmp_path, fashion_
     out = tmp_path / method
     result = run_cli("train", "--preset", "smoke", "--method", method, "--data", str(fashion_dir), "--subset", "128",
                      "--epochs", "1", "--knn-every", "0", "--no-tensorboard", "--out", str(out),
-                     *(["--queue-size", "128"] if method == "mocov2" else []), "--prototypes", "256",
-                     *(["--local-crops", "2"] if method in ("swav", "dino") else []))
+                     *(["--queue-size", "128"] if method == "mocov2" else []),
+                     *(["--local-crops", "2", "--prototypes", "256"] if method in ("swav", "dino") else []))
     assert result.returncode == 0, result.stderr[-2000:]
     saved = (out / "config.yaml").read_text()
     assert f"method: {method}" in saved and (out / "backbone.safetensors").exists()
