@@ -5,6 +5,7 @@
     learner.before_optimizer_step()                 # after backward (gradients unscaled), before the step
     learner.update_target(tau)                      # after the optimizer step; a no-op without a target
     learner.online_encoder, learner.feature_dim, learner.projection_dim
+    learner.clip_grad, learner.rank_local_state     # gradient clipping; per-rank state the checkpoint gathers
 
 `view1`, `view2` are the two global crops; `local_views` the small crops of multi-crop (SwAV, DINO).
 State a method keeps across steps (MoCo's queue, SwAV's queue, DINO's centre) changes only in a training
@@ -35,6 +36,9 @@ class Learner(nn.Module):
     accepts_local_views = False  # multi-crop: only methods whose official recipe uses it
     clip_grad = 0.0  # each parameter's gradient clipped to this norm before the step (0: off; --clip-grad)
     has_target = False  # an EMA target network: `update_target(tau)` moves it, the log shows τ
+    # state_dict entries that differ between ranks, each (1, ...) per process: a run under torchrun saves
+    # them concatenated over the ranks, and each rank's load takes its own row (SwAV's queue)
+    rank_local_state: tuple[str, ...] = ()
 
     def __init__(self):
         super().__init__()

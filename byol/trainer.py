@@ -24,7 +24,7 @@ from .checkpoint import EncoderInfo, TrainingState
 from .config import TrainConfig, changed_trajectory_keys
 from .data import ImageDataset
 from .device import Runtime, autocast
-from .distributed import Context, all_reduce_sum, convert_sync_batchnorm, unwrap, wrap
+from .distributed import Context, all_reduce_sum, convert_sync_batchnorm, gather, unwrap, wrap
 from .errors import UserError
 from .logs import log
 from .methods import build_method
@@ -239,9 +239,16 @@ class Trainer:
         return value
 
     def state_dict(self, step: int) -> TrainingState:
+        """The checkpoint's contents. Every rank calls it at the same step: the learner's per-rank state is
+        gathered here (one all-gather per entry, only for methods that have such state)."""
+        model = self.learner.state_dict()
+        for key in getattr(self.learner, "rank_local_state", ()):
+            if key in model and self.context.world_size > 1:
+                with torch.no_grad():
+                    model[key] = gather(model[key])[0]
         return TrainingState(
             step=step, config=self.cfg.to_dict(), world_size=self.context.world_size,
-            model=self.learner.state_dict(), optimizer=self.optimizer.state_dict(),
+            model=model, optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
             encoder_info=self.info.to_dict(), monitor=self.monitor.state_dict(), rng=rng_state())
 

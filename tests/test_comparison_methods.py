@@ -119,7 +119,7 @@ def test_swav_prototypes_are_unit_norm_frozen_then_trained_and_the_queue_waits_u
     assert learner.queued == 16
 
 
-def test_swav_queue_is_saved_and_only_a_one_process_queue_comes_back():
+def test_swav_queue_is_saved_and_comes_back_only_to_a_run_of_as_many_processes():
     def swav():
         torch.manual_seed(0)
         return SwAV(backbone(), 64, projection_dim=16, projector_hidden_dim=32, prototypes=20, queue_size=16,
@@ -132,9 +132,11 @@ def test_swav_queue_is_saved_and_only_a_one_process_queue_comes_back():
     resumed.load_state_dict(state)
     assert torch.equal(resumed.queue, learner.queue) and resumed.queued == learner.queued == 8
     assert all(isinstance(value, torch.Tensor) for value in state.values())
-    rank0 = {**state, "queue_filled": torch.tensor([8, 2])}  # saved by rank 0 of two: its own embeddings only
+    assert "queue" not in dict(resumed.named_buffers())  # DDP broadcasts buffers from rank 0; a queue is per rank
+    assert resumed.double().queue.dtype == torch.float64  # yet it moves and casts with the module
+    two_ranks = {**state, "queue": state["queue"].expand(2, -1, -1, -1)}  # a two-process run's queues, in one
     older = {k: v for k, v in state.items() if not k.startswith("queue")}  # a checkpoint from before
-    for saved in (rank0, older):
+    for saved in (two_ranks, older):
         resumed = swav()
         resumed.load_state_dict(saved)
         assert resumed.queue is None and resumed.queued == 0

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from byol.checkpoint import load_checkpoint
 from byol.config import TrainConfig
 from byol.distributed import (
     SyncBatchNorm,
@@ -213,6 +214,20 @@ def test_torchrun_run_records_world_size_and_resumes_to_the_uninterrupted_weight
     assert [r["step"] for r in _metrics(out)] == [r["step"] for r in records]
 
 
+def test_swav_resumes_each_ranks_own_queue_to_the_uninterrupted_weights(tmp_path, uninterrupted):
+    """SwAV's queue is each rank's own; the checkpoint gathers them and each rank takes its own back."""
+    data = uninterrupted[0]
+    swav = ["--method", "swav", "--queue-size", "64", "--queue-start-epoch", "0", "--prototypes", "64",
+            "--subset", "128", "--knn-every", "0"]  # 8 steps; 2 × 16-image batches fill each rank's 32
+    straight, out = tmp_path / "straight", tmp_path / "resumed"
+    for run in ((straight, *swav), (out, *swav, "--stop-after-steps", "3"), (out, *swav, "--resume")):
+        result = torchrun(run[0], data, *run[1:])
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (load_checkpoint(run / "checkpoint.pt")["model"] for run in (straight, out))
+    assert a["queue"].shape[0] == 2 and not torch.equal(a["queue"][0], a["queue"][1])  # one queue per rank
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 KILLER = """
 # Test fault injection: on the first attempt, rank 1 dies with SIGKILL as it starts step {step}.
 import os
@@ -278,10 +293,10 @@ def test_a_timm_vit_and_a_torchvision_model_train_under_torchrun(tmp_path, unint
 def test_every_method_trains_under_torchrun(tmp_path, uninterrupted, method):
     data = uninterrupted[0]
     out = tmp_path / method
-    extra = {"mocov2": ["--queue-size", "64"], "swav": ["--local-crops", "2", "--queue-size", "64"],
-             "dino": ["--local-crops", "2"]}.get(method, [])
-    result = torchrun(out, data, "--method", method, "--subset", "64", "--epochs", "2", "--knn-every", "0",
-                      "--prototypes", "64", *extra)
+    extra = {"mocov2": ["--queue-size", "64"],
+             "swav": ["--local-crops", "2", "--queue-size", "64", "--prototypes", "64"],
+             "dino": ["--local-crops", "2", "--prototypes", "64"]}.get(method, [])
+    result = torchrun(out, data, "--method", method, "--subset", "64", "--epochs", "2", "--knn-every", "0", *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world_size: 2" in (out / "config.yaml").read_text() and (out / "backbone.safetensors").exists()
     assert {r["world_size"] for r in _metrics(out) if "loss" in r} == {2}

@@ -214,4 +214,4 @@ def test_methods_with_state_resume_to_the_uninterrupted_run(tmp_path, fashion_di
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert ("queue" in a["model"]) == (method != "dino") and ("center" in a["model"]) == (method == "dino")
     if method == "swav":
-        assert a["model"]["queue_filled"].tolist() == [256, 1]  # 8 steps of 32, one process
+        assert a["model"]["queue_filled"].tolist() == [256] and len(a["model"]["queue"]) == 1  # 8 steps of 32

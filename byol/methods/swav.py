@@ -5,8 +5,7 @@ global crops, Sinkhorn-Knopp turns its scores (with a queue of earlier embedding
 into equipartitioned soft codes, which every other crop predicts through softmax(scores / T). Prototypes
 are renormalised before every forward and frozen (their gradient dropped) for the first epochs. Under
 torchrun the Sinkhorn sums run over all ranks, so the codes are those of the global batch; the queue is
-each rank's own, as in the official code. A single-process run's checkpoint holds its queue; under torchrun
-only rank 0's would be saved, so there the queue refills after a resume (docs/methods.md).
+each rank's own, as in the official code, and the checkpoint holds every rank's (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from .multicrop import encode_by_size
 
 class SwAV(Learner):
     accepts_local_views = True
+    rank_local_state = ("queue",)  # each rank's own: the run loop gathers them into the checkpoint
     ASSIGNED = 2  # codes come from the two global crops only
 
     def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 128,
@@ -37,7 +37,9 @@ class SwAV(Learner):
         self.queue_size, self.queue_start_epoch, self.freeze_epochs = queue_size, queue_start_epoch, freeze_head_epochs
         self.online_projector = MLPHead(feature_dim, projector_hidden_dim, projection_dim)
         self.prototypes = nn.Linear(projection_dim, prototypes, bias=False)
-        self.register_buffer("queue", None, persistent=False)
+        # A plain attribute, not a buffer: DDP would make every rank's a copy of rank 0's when it wraps a
+        # learner whose queue already exists (a resumed run). `_apply` below moves it with the module.
+        self.queue: torch.Tensor | None = None
         self.queued = 0  # embeddings written since the queue was made; a Python count, so no device sync
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,
@@ -88,24 +90,30 @@ class SwAV(Learner):
             self.queue = torch.zeros(self.ASSIGNED, per_rank, like.shape[1], device=like.device)
             self.queued = 0
 
-    # The queue, once it exists, is saved as two tensors: itself and (embeddings written, processes). Its
-    # size is only known at its start, so it is not an ordinary buffer, and the state_dict stays tensors only.
+    # The queue, once it exists, is saved as (ranks, 2, length, D), this process's alone as rank 1 of 1 (the
+    # run loop concatenates every rank's under torchrun), beside the count of embeddings written. Its size is
+    # only known at its start, so it is not an ordinary buffer, and the state_dict stays tensors only.
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.queue is not None:
-            _, world_size = rank_and_world()
-            destination[prefix + "queue"] = self.queue if keep_vars else self.queue.detach()
-            destination[prefix + "queue_filled"] = torch.tensor([self.queued, world_size])
+            destination[prefix + "queue"] = (self.queue if keep_vars else self.queue.detach()).unsqueeze(0)
+            destination[prefix + "queue_filled"] = torch.tensor([self.queued])
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.queue is not None:
+            self.queue = fn(self.queue)
+        return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """A queue saved by one process resumes in one process; any other case starts empty and refills,
-        since a rank's queue holds that rank's own embeddings (and older checkpoints have none)."""
+        """Each rank takes back its own queue when the checkpoint holds one per rank of this run; otherwise
+        (another number of processes, only rank 0's queue, a checkpoint from before) it starts empty and refills."""
         queue, filled = state_dict.pop(prefix + "queue", None), state_dict.pop(prefix + "queue_filled", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        _, world_size = rank_and_world()
+        rank, world_size = rank_and_world()
         self.queue, self.queued = None, 0
-        if queue is not None and filled is not None and int(filled[1]) == 1 == world_size:
-            self.queue, self.queued = queue.to(self.prototypes.weight.device, copy=True), int(filled[0])
+        if queue is not None and filled is not None and queue.ndim == 4 and len(queue) == world_size:
+            self.queue, self.queued = queue[rank].to(self.prototypes.weight.device, copy=True), int(filled[0])
 
     def before_optimizer_step(self) -> None:
         super().before_optimizer_step()
