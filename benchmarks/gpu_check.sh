@@ -167,7 +167,7 @@ Sections, each guarded (a failure is recorded and the next section runs):
              channels_last off, lerp EMA
   parity     CPU vs CUDA on the deterministic augment ops and on one fp32 loss; bf16 vs fp32 loss
   data       Fashion-MNIST BatchStream (pinned) throughput, with and without the copy; on-device indexing
-  decode     folder path: byol.data.decode_image per core, PIL draft() on a large JPEG, torchvision decode_jpeg on CUDA
+  decode     folder path: byol.folders.decode_image per core, PIL draft() on a large JPEG, torchvision decode_jpeg on CUDA
   syncbn     torch's SyncBatchNorm kernel path (bf16, channels_last) in a 1-rank NCCL group, with its sync count
 Run: python cuda_checks.py --device cuda --out cuda_checks.json [--trace trace.json.gz] [--fmnist DIR]
      python cuda_checks.py --device cpu --small        (a dry run of the code paths on a CPU)
@@ -774,7 +774,7 @@ def _decode():
 
     from PIL import Image
 
-    from byol.data import decode_image
+    from byol.folders import decode_image
     out = {}
     folder = tempfile.mkdtemp(prefix="byol-jpeg-")
     try:

@@ -26,8 +26,12 @@ SMALL = dict(width=0.25, projection_dim=32, projector_hidden_dim=64, predictor_h
 class FixedViews(torch.nn.Module):
     """The same two views on every device (the augmentation's random streams differ between devices)."""
 
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.dtype = dtype
+
     def forward(self, images):
-        x = images.float() / 255
+        x = images.to(self.dtype) / 255
         return x, x.flip(-1) * 0.5 + 0.1
 
 
@@ -52,33 +56,39 @@ def images(n=32, channels=1, size=28, seed=0):
     return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator)
 
 
-def test_two_fp32_steps_on_cuda_equal_the_cpus():
+def test_two_fp32_steps_on_cuda_are_as_accurate_as_the_cpus():
+    """Both fp32 runs against the same two steps in float64 on the CPU. The batch-norm biases start at 0 and
+    their gradients are sums that nearly cancel, so fp32 itself is off by up to ~2% of such a tensor after
+    two steps, on the CPU too (measured); a CUDA-vs-CPU bound of 0.1%, as this test first had, failed on
+    an H100 for that reason alone. CUDA must be about as close to float64 as the CPU is."""
     cfg = resolve(overrides={**SMALL, "device": "cpu", "precision": "fp32"})
     torch.manual_seed(0)
-    cpu_learner = build_learner(cfg, channels=1, image_size=28)
-    cuda_learner = copy.deepcopy(cpu_learner).to(CUDA)
+    initial = build_learner(cfg, channels=1, image_size=28)
     batch = images()
     results = []
     with exact_fp32():
-        for device, learner in ((CPU, cpu_learner), (CUDA, cuda_learner)):
+        for device, dtype in ((CPU, torch.float64), (CPU, torch.float32), (CUDA, torch.float32)):
+            learner = copy.deepcopy(initial).to(device=device, dtype=dtype)
             optimizer = optimizer_for(cfg, learner)
             for group in optimizer.param_groups:
                 group["lr"] = 0.05
             scaler = torch.amp.GradScaler(device.type, enabled=False)
-            losses = [training_step(learner, FixedViews(), optimizer, scaler, batch.to(device), 0.9)[0].item()
+            views = FixedViews(dtype)
+            losses = [training_step(learner, views, optimizer, scaler, batch.to(device), 0.9)[0].item()
                       for _ in range(2)]
-            results.append((losses, {k: v.cpu() for k, v in learner.state_dict().items()}))
-    (cpu_losses, cpu_state), (cuda_losses, cuda_state) = results
-    assert cuda_losses == pytest.approx(cpu_losses, rel=1e-4)
-    for name, value in cpu_state.items():
-        error = (cuda_state[name].double() - value.double()).abs().max()
-        assert error <= 1e-3 * value.double().abs().max() + 1e-6, (name, float(error))
+            results.append((losses, {k: v.double().cpu() for k, v in learner.state_dict().items()}))
+    (exact_losses, exact), (cpu_losses, cpu_state), (cuda_losses, cuda_state) = results
+    assert cuda_losses == pytest.approx(cpu_losses, rel=1e-4) and cpu_losses == pytest.approx(exact_losses, rel=1e-4)
+    for name, value in exact.items():
+        scale = value.abs().max()
+        cpu_error, cuda_error = ((state[name] - value).abs().max() for state in (cpu_state, cuda_state))
+        assert cuda_error <= max(4 * cpu_error, 1e-3 * scale) + 1e-6, (name, float(cuda_error), float(cpu_error))
 
 
-def cuda_trainer(precision: str) -> tuple[Trainer, BatchStream]:
+def cuda_trainer(precision: str, channels: int = 1) -> tuple[Trainer, BatchStream]:
     cfg = resolve(overrides={**SMALL, "device": "cuda", "precision": precision})
     generator = torch.Generator().manual_seed(1)
-    dataset = ImageDataset("toy", 1, 28, (0.5,), (0.25,), images=images(128),
+    dataset = ImageDataset("toy", channels, 28, (0.5,) * channels, (0.25,) * channels, images=images(128, channels),
                            labels=torch.randint(0, 4, (128,), generator=generator), classes=list("abcd"))
     runtime = Runtime.resolve(CUDA, precision, None)
     runtime.prepare()
@@ -87,9 +97,10 @@ def cuda_trainer(precision: str) -> tuple[Trainer, BatchStream]:
     return Trainer(cfg, dataset, 28, runtime, Context(), Schedule.for_run(cfg, len(stream))), stream
 
 
+@pytest.mark.parametrize("channels", [1, 3])  # grayscale runs on colour images only (it once waited, twice a step)
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_training_steps_never_wait_for_the_device(precision):
-    trainer, stream = cuda_trainer(precision)
+def test_training_steps_never_wait_for_the_device(precision, channels):
+    trainer, stream = cuda_trainer(precision, channels)
     batches = list(stream.epoch(seed=0, epoch=0))
     trainer.step(*batches[0], 0)  # the first step allocates momentum buffers and picks cuDNN algorithms
     torch.cuda.synchronize()
