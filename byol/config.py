@@ -22,7 +22,7 @@ from .backbones import ARCHITECTURES, STEMS, backbone_problem
 from .data import DATASETS
 from .device import PRECISIONS
 from .errors import UserError
-from .methods import METHODS, method_defaults, model_defaults
+from .methods import LEARNER_OPTIONS, METHODS, method_defaults, model_defaults
 from .norm import NORMS
 from .optim import OPTIMIZERS
 
@@ -68,10 +68,6 @@ def crop_range(value) -> str | None:
 def augmentation_names(value) -> str | None:
     unknown = [name for name in split_list(value) if name not in REMOVABLE]
     return f"unknown augmentation '{unknown[0]}'; choose from {', '.join(REMOVABLE)}" if unknown else None
-
-
-def backbone_name(value) -> str | None:
-    return backbone_problem(value)
 
 
 def device_name(value) -> str | None:
@@ -156,7 +152,7 @@ class TrainConfig:
     # model
     backbone: str = option("resnet18", f"encoder: {', '.join(ARCHITECTURES)} (with --width, --stem), "
                            "torchvision:NAME (any torchvision classification model) or timm:NAME (any timm model; "
-                           "pip install 'byol[timm]')", check=backbone_name, metavar="NAME")
+                           "pip install 'byol[timm]')", check=backbone_problem, metavar="NAME")
     width: float = option(1.0, "channel-width multiplier of the ResNet (0.25 = quarter width)", check=positive)
     stem: str = option("auto", "ResNet stem: auto = cifar (3×3/1) up to 64 px, imagenet (7×7/2 + pool) above; "
                        "cifar-pool adds a 2×2 max-pool, 4× cheaper", choices=STEMS)
@@ -374,11 +370,11 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
 
 def method_option_users() -> dict[str, list[str]]:
     """Options that only some methods take (named in their constructors), with those methods. Left out:
-    --clip-grad, which every learner honours, and --norm, which also shapes the backbone of every method."""
+    the LEARNER_OPTIONS every learner honours, and --norm, which also shapes every method's backbone."""
     users: dict[str, list[str]] = {}
     for method in METHODS:
         for name in model_defaults(method):
-            if name in FIELDS and name not in ("clip_grad", "norm"):
+            if name in FIELDS and name not in (*LEARNER_OPTIONS, "norm"):
                 users.setdefault(name, []).append(method)
     return {name: methods for name, methods in users.items() if len(methods) < len(METHODS)}
 

@@ -55,7 +55,7 @@ def fit(cfg: TrainConfig, runtime: Runtime, context: Context, quiet: bool = Fals
     dataset, stream = training_data(cfg, runtime, context)
     image_size = cfg.image_size or dataset.native_size
     schedule = Schedule.for_run(cfg, len(stream))
-    if schedule.warmup_steps >= schedule.total_steps:
+    if schedule.ends_in_warmup:
         log.warning(f"--warmup-epochs {cfg.warmup_epochs:g} is as long as the run (--epochs {cfg.epochs}): the LR climbs "
                     f"to {schedule.lr_reached:.4g} at the last step, not to the peak {schedule.peak_lr:.4g}, and never "
                     "decays (a shorter --warmup-epochs fixes it)")

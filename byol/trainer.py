@@ -118,9 +118,13 @@ class Schedule:
                    scaled_lr(cfg.lr, cfg.batch_size), cfg.base_tau, cfg.final_tau, cfg.lr_floor, decays)
 
     @property
+    def ends_in_warmup(self) -> bool:
+        return self.warmup_steps >= self.total_steps
+
+    @property
     def lr_reached(self) -> float:
         """The largest LR the run uses: `peak_lr`, unless the run ends inside its warm-up."""
-        return self.lr(self.total_steps - 1) if self.warmup_steps >= self.total_steps else self.peak_lr
+        return self.lr(self.total_steps - 1) if self.ends_in_warmup else self.peak_lr
 
     def lr(self, step: int) -> float:
         return learning_rate(step, self.total_steps, self.warmup_steps, self.peak_lr, self.lr_floor * self.peak_lr)

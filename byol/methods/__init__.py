@@ -40,6 +40,10 @@ RECIPES = {
 }
 
 
+# Options every learner honours, named in its constructor or not: attributes of Learner (learner.py).
+LEARNER_OPTIONS = ("clip_grad",)
+
+
 def model_defaults(method: str) -> dict:
     """The method's own defaults for its constructor's options (its official recipe's head sizes, ...)."""
     parameters = inspect.signature(METHODS[method]).parameters.values()
@@ -60,10 +64,11 @@ def build_method(method: str, backbone: nn.Module, feature_dim: int, /, **option
     cls = METHODS[method]
     accepted = set(model_defaults(method)) - {"feature_dim"}
     learner = cls(backbone, feature_dim, **{k: v for k, v in options.items() if k in accepted})
-    if "clip_grad" in options:  # every learner honours it (Learner.before_optimizer_step), named or not
-        learner.clip_grad = options["clip_grad"]
+    for name in LEARNER_OPTIONS:
+        if name in options:
+            setattr(learner, name, options[name])
     return learner
 
 
-__all__ = ["BYOL", "DINO", "METHODS", "RECIPES", "BarlowTwins", "MoCo", "SimCLR", "SimSiam", "SwAV", "VICReg",
-           "build_method", "method_defaults"]
+__all__ = ["BYOL", "DINO", "LEARNER_OPTIONS", "METHODS", "RECIPES", "BarlowTwins", "MoCo", "SimCLR", "SimSiam",
+           "SwAV", "VICReg", "build_method", "method_defaults"]
