@@ -18,7 +18,12 @@
 #            TRAIN_S seconds (SIGTERM at the limit: byol checkpoints and stops), peak CUDA memory
 #   eval     byol eval --checkpoint <run>/checkpoint.pt --device cuda
 #   tests    pytest -m cuda (tests/test_cuda.py), then the tests that reach CUDA through --device auto
-#   compile  byol bench ... --compile for R18/32/512, then R50/224/128, as far as the budget allows
+#   graphs   byol bench --cuda-graphs against the eager step, back to back (R18/32/512 with byol-pytorch, R50/224/128,
+#            the gpu preset's model), and the graphed step's profile (cuda_checks.py --only graphs)
+#   compile  byol bench ... --compile for R18/32/512 (alone, then with --cuda-graphs), then R50/224/128
+#
+# What is left to measure after the 2026-11-26 H100 run (docs/performance.md "GPU"), in one call:
+#   STEPS=setup,graphs,tests,compile BUDGET_S=530 bash benchmarks/gpu_check.sh
 #
 # Before starting it, on a machine with the package registries (the GPU machine has no network):
 #   Fashion-MNIST:  mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/     (30 MB; /.data/ is ignored)
@@ -29,15 +34,16 @@
 # From a checkout that is not the project, bring a copy of the project too and say where it is:
 # PROJECT=path/to/project bash gpu_check.sh.
 #
-# Environment knobs: BUDGET_S (default 510: the script's own deadline), TRAIN_S (120), STEPS (comma list,
-# default setup,checks,bench,train,eval,tests,compile), PROJECT, FMNIST, WHL, PY, DRY=1 (a CPU dry run of
+# Environment knobs: BUDGET_S (default 510: the script's own deadline), TRAIN_S (120), TRAIN_GRAPHS=1 (train
+# with --cuda-graphs), STEPS (comma list,
+# default setup,checks,bench,graphs,train,eval,tests,compile), PROJECT, FMNIST, WHL, PY, DRY=1 (a CPU dry run of
 # the plumbing at toy sizes, for checking this script without a GPU).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
 START=$SECONDS
 BUDGET_S=${BUDGET_S:-510}
 TRAIN_S=${TRAIN_S:-120}
-STEPS=${STEPS:-setup,checks,bench,train,eval,tests,compile}
+STEPS=${STEPS:-setup,checks,bench,graphs,train,eval,tests,compile}
 DRY=${DRY:-0}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 OUT=${OUT:-$PWD/device-check-out}
@@ -205,6 +211,12 @@ args = parser.parse_args()
 DEV = torch.device(args.device)
 CUDA = DEV.type == "cuda"
 R: dict = {"device_arg": str(DEV), "small": args.small}
+if os.path.exists(args.out):  # a second run (--only ...) adds its sections to the first's file
+    try:
+        with open(args.out) as previous:
+            R = {**json.load(previous), **R}
+    except ValueError:
+        pass
 ONLY = {s.strip() for s in args.only.split(",") if s.strip()}
 T0 = time.perf_counter()
 
@@ -453,22 +465,18 @@ def family(name: str) -> str:
     return "other"
 
 
-@section("profile")
-def _profile():
-    if not CUDA:
-        return {"skipped": "cpu"}
+def profile_steps(step, label, steps=3):
+    """GPU-busy time, kernels and time by kernel family over `steps` calls of `step` (after 5 untimed)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    s = make_step()
     for _ in range(5):
-        s.step()
+        step()
     sync()
-    steps = 3
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
         for _ in range(steps):
-            s.step()
+            step()
         sync()
         wall = time.perf_counter() - start
     kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
@@ -493,15 +501,7 @@ def _profile():
         by_name[e.name[:90]][1] += d
     total = sum(by_family.values()) or 1.0
     top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:15]
-    if args.trace:
-        # the uncompressed trace is written outside $OUT (only 8 files come back from there)
-        tmp = os.path.join(tempfile.gettempdir(), "byol-trace.json") if args.trace.endswith(".gz") else args.trace
-        prof.export_chrome_trace(tmp)
-        if args.trace.endswith(".gz"):
-            with open(tmp, "rb") as src, gzip.open(args.trace, "wb", compresslevel=6) as dst:
-                shutil.copyfileobj(src, dst)
-            os.unlink(tmp)
-    return {"config": f"{BACKBONE} {SIZE}px batch {BATCH} bf16 channels_last", "steps": steps,
+    return prof, {"config": label, "steps": steps,
             "wall_ms_per_step_profiled": ms(wall / steps),
             "gpu_kernels_per_step": round(len(kernels) / steps),
             "gpu_busy_ms_per_step": round(busy / 1e3 / steps, 3),
@@ -510,6 +510,43 @@ def _profile():
             "kernel_time_share_by_family": {k: round(v / total, 3) for k, v in sorted(by_family.items(), key=lambda kv: -kv[1])},
             "top_kernels": [{"name": n, "calls_per_step": round(c / steps, 1), "ms_per_step": round(t / 1e3 / steps, 3)}
                             for n, (c, t) in top]}
+
+
+@section("profile")
+def _profile():
+    if not CUDA:
+        return {"skipped": "cpu"}
+    s = make_step()
+    prof, result = profile_steps(s.step, f"{BACKBONE} {SIZE}px batch {BATCH} bf16 channels_last")
+    if args.trace:
+        # the uncompressed trace is written outside $OUT (only 8 files come back from there)
+        tmp = os.path.join(tempfile.gettempdir(), "byol-trace.json") if args.trace.endswith(".gz") else args.trace
+        prof.export_chrome_trace(tmp)
+        if args.trace.endswith(".gz"):
+            with open(tmp, "rb") as src, gzip.open(args.trace, "wb", compresslevel=6) as dst:
+                shutil.copyfileobj(src, dst)
+            os.unlink(tmp)
+    return result
+
+
+@section("graphs")
+def _graphs():
+    """--cuda-graphs (byol/graphs.py): the same step as `profile`, its augmentation, forward and backward
+    replayed as one CUDA graph; whole-step time eager and graphed, back to back, and the graphed profile."""
+    if not CUDA:
+        return {"skipped": "cpu"}
+    from byol.graphs import GraphedStep
+
+    s = make_step()
+    graphed = GraphedStep(s.learner, s.augment, s.optimizer, s.scaler, s.memory_format, s.amp)
+    replay = lambda: graphed(s.images, 0.996)  # noqa: E731
+    out = {"eager_whole_step_ms": ms(median_s(s.step, reps=20, warmup=3)),
+           "graphed_whole_step_ms": ms(median_s(replay, reps=20, warmup=GraphedStep.WARMUP_STEPS + 2))}
+    out["speedup"] = round(out["eager_whole_step_ms"] / out["graphed_whole_step_ms"], 3)
+    out["images_per_s_graphed"] = round(BATCH / (out["graphed_whole_step_ms"] / 1e3), 1)
+    _, out["profile"] = profile_steps(replay, f"{BACKBONE} {SIZE}px batch {BATCH} bf16 channels_last, CUDA graph")
+    out["captures"] = graphed.captures
+    return out
 
 
 @section("phases")
@@ -952,6 +989,14 @@ if p and "error" not in p:
     print(f"   kernel time by family: {json.dumps(p.get('kernel_time_share_by_family'))}")
 elif p:
     print(f"profile: {p.get('error')}")
+g = checks.get("graphs", {})
+if g and "error" not in g and "skipped" not in g:
+    gp = g.get("profile") or {}
+    print(f"cuda graphs: step {g.get('eager_whole_step_ms')} ms eager -> {g.get('graphed_whole_step_ms')} ms graphed "
+          f"({g.get('speedup')}x, {f(g.get('images_per_s_graphed'), 0)} img/s); graphed GPU busy "
+          f"{f(100 * (gp.get('gpu_busy_fraction_of_wall') or 0))}% of wall, {gp.get('gpu_kernels_per_step')} kernels/step")
+elif g:
+    print(f"graphs: {g.get('error') or g.get('skipped')}")
 ph = checks.get("phases", {})
 if ph and "error" not in ph:
     print(f"phases ms ({ph.get('config')}): step {ph.get('whole_step_ms')} = augment {ph.get('augment_both_views_ms')} "
@@ -1130,6 +1175,15 @@ if want bench; then
     step bench-r18-32px-b512 40 100 bench r18-32px-b512 --precision "$PREC" "${R18[@]}" "${COMPARE[@]}"
     step bench-r50-224px-b128 45 120 bench r50-224px-b128 --precision "$PREC" "${R50[@]}" "${COMPARE[@]}"
 fi
+# ---------------------------------------------------------------- CUDA graphs (byol train --cuda-graphs)
+if want graphs && [ "$DRY" != 1 ]; then   # eager and graphed benches back to back on the same machine, then the graphed profile
+    step graphs-r18-32px-b512-eager 40 100 bench r18-32px-b512 --precision "$PREC" "${R18[@]}" --compare byol-pytorch
+    step graphs-r18-32px-b512 40 100 bench r18-32px-b512-graphs --precision "$PREC" "${R18[@]}" --cuda-graphs --compare byol-pytorch
+    step graphs-r50-224px-b128 45 120 bench r50-224px-b128-graphs --precision "$PREC" "${R50[@]}" --cuda-graphs
+    step graphs-gpu-preset-model 30 75 bench r18-1ch-28px-b512-graphs --precision "$PREC" "${M[@]}" --cuda-graphs
+    step graphs-profile 40 120 "$PY" "$WORK/cuda_checks.py" --device "$DEVICE" --out "$OUT/cuda_checks.json" \
+        --only env,graphs ${FM:+--fmnist "$FM"} "${CHECK_ARGS[@]}"
+fi
 # ---------------------------------------------------------------- train (time-boxed) and eval
 RUN="$WORK/run-gpu-preset"
 if want train && [ -n "$FM" ]; then
@@ -1158,6 +1212,7 @@ PYEOF
         TRAIN_ARGS=(train --preset smoke --epochs 1 --device cpu --precision fp32 --data "$FM" --out "$RUN")
     else
         TRAIN_ARGS=(train --preset gpu --device cuda --epochs "$EPOCHS" --warmup-epochs "$WARM" --data "$FM" --out "$RUN")
+        if [ "${TRAIN_GRAPHS:-0}" = 1 ]; then TRAIN_ARGS+=(--cuda-graphs); fi
     fi
     step train 60 $(( TRAIN_S + 60 )) "$PY" "$WORK/train_mem.py" "${TRAIN_ARGS[@]}"
     [ -f "$WORK/train_mem.json" ] && cat "$WORK/train_mem.json" >> "$OUT/bench.jsonl"
@@ -1184,8 +1239,11 @@ if want tests; then   # the cuda-marked tests, then those that reach CUDA throug
     step tests-auto 50 100 bash -c 'cd "$1" && shift && "$@"' _ "$PROJECT" "$PY" -m pytest -q -rfEs -p no:cacheprovider "${TESTS[@]}"
 fi
 if want compile && [ "$DRY" != 1 ]; then
-    step bench-r18-32px-b512-compile 75 170 bench r18-32px-b512-compile --precision "$PREC" "${R18[@]}" --compile
-    step bench-r50-224px-b128-compile 110 200 bench r50-224px-b128-compile --precision "$PREC" "${R50[@]}" --compile
+    # compilation alone took over 99 s for ResNet-18 on the H100 (2026-11-26): caps sized for it
+    step bench-r18-32px-b512-compile 120 300 bench r18-32px-b512-compile --precision "$PREC" "${R18[@]}" --compile
+    # inductor's on-disk cache makes the second compilation of the same graphs quicker
+    step bench-r18-32px-b512-compile-graphs 60 200 bench r18-32px-b512-compile-graphs --precision "$PREC" "${R18[@]}" --compile --cuda-graphs
+    step bench-r50-224px-b128-compile 120 300 bench r50-224px-b128-compile --precision "$PREC" "${R50[@]}" --compile
 fi
 # ---------------------------------------------------------------- summary
 [ -n "${SMI_PID:-}" ] && kill "$SMI_PID" 2>/dev/null

@@ -21,8 +21,10 @@ from .augment import BYOLAugment
 from .config import TrainConfig
 from .device import Runtime, resolve_device
 from .errors import UserError
+from .graphs import GraphedStep
 from .schedules import scaled_lr
-from .trainer import build_learner, optimizer_for, training_step
+from .step import training_step
+from .trainer import build_learner, optimizer_for
 
 PEERS = tuple(peers.STEPS)
 
@@ -105,7 +107,7 @@ def random_images(batch_size: int, channels: int, image_size: int, device: torch
 
 
 def _our_step(backbone: str, width: float, image_size: int, images: torch.Tensor, runtime: Runtime,
-              compile_model: bool, stem: str = "auto"):
+              compile_model: bool, stem: str = "auto", cuda_graphs: bool = False):
     # The learner and optimizer `byol train` would build (paper heads, LARS) for this backbone.
     batch_size, channels = images.shape[:2]
     cfg = TrainConfig(backbone=backbone, width=width, stem=stem, batch_size=batch_size)
@@ -116,7 +118,13 @@ def _our_step(backbone: str, width: float, image_size: int, images: torch.Tensor
     augment = BYOLAugment(image_size, (0.5,) * channels, (0.25,) * channels).to(runtime.device)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
 
+    # The same step replayed as a CUDA graph: its first calls run eagerly, the next one captures.
+    graphed = GraphedStep(learner, augment, optimizer, scaler, runtime.memory_format, runtime.amp_dtype) \
+        if cuda_graphs else None
+
     def step():
+        if graphed is not None:
+            return graphed(images, 0.996)
         return training_step(learner, augment, optimizer, scaler, images, 0.996, runtime.memory_format,
                              runtime.amp_dtype)
 
@@ -134,7 +142,7 @@ def _our_step(backbone: str, width: float, image_size: int, images: torch.Tensor
 def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, batch_size: int = 64,
           steps: int = 20, warmup: int = 3, device: str = "auto", precision: str = "auto", channels: int = 3,
           channels_last: bool | None = None, compile_model: bool = False, compare: tuple[str, ...] = (),
-          stem: str = "auto") -> dict:
+          stem: str = "auto", cuda_graphs: bool = False) -> dict:
     if steps < 1 or batch_size < 2:
         raise UserError("--steps must be ≥ 1 and --batch-size ≥ 2")
     unknown = [p for p in compare if p not in PEERS]
@@ -144,10 +152,15 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
     runtime = Runtime.resolve(resolve_device(device), precision, channels_last)
     runtime.prepare()
     dev = runtime.device
+    if cuda_graphs and dev.type != "cuda":
+        raise UserError(f"--cuda-graphs: CUDA graphs need a CUDA device; this bench runs on {dev.type}")
+    if cuda_graphs:
+        warmup = max(warmup, GraphedStep.WARMUP_STEPS + 2)  # eager warm-up, the capture, one replay: all untimed
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     images = random_images(batch_size, channels, image_size, dev)
-    step, augment_only, flops_per_step = _our_step(backbone, width, image_size, images, runtime, compile_model, stem)
+    step, augment_only, flops_per_step = _our_step(backbone, width, image_size, images, runtime, compile_model, stem,
+                                                   cuda_graphs)
     seconds = statistics.median(time_steps(step, dev, steps, warmup))
     augment_seconds = statistics.median(time_steps(augment_only, dev, steps, 1))
     peak, peak_kind = peak_flops(dev, runtime.amp_dtype or torch.float32)
@@ -156,7 +169,8 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
         "device": device_name(dev), "backbone": backbone, "width": width, "stem": stem, "image_size": image_size,
         "batch_size": batch_size, "precision": str(runtime.amp_dtype or torch.float32).replace("torch.", ""),
         "precision_choice": runtime.describe_precision(),
-        "channels_last": runtime.memory_format == torch.channels_last, "compile": compile_model, "steps": steps,
+        "channels_last": runtime.memory_format == torch.channels_last, "compile": compile_model,
+        "cuda_graphs": cuda_graphs, "steps": steps,
         "ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds,
         "augment_ms_per_step": 1000 * augment_seconds, "augment_fraction": augment_seconds / seconds,
         "flops_per_image": flops_per_step / batch_size if flops_per_step else None,
@@ -210,7 +224,7 @@ def format_result(result: dict) -> str:
         f"model        {result['backbone']}{width}, "
         f"{result['image_size']} px, batch {result['batch_size']}, "
         f"{result['precision']}{', channels_last' if result['channels_last'] else ''}"
-        f"{', compiled' if result['compile'] else ''}",
+        f"{', compiled' if result['compile'] else ''}{', CUDA graph' if result.get('cuda_graphs') else ''}",
         f"precision    {result['precision_choice']}",
         f"step         {fmt(result['ms_per_step'])} ms  ({fmt(result['images_per_s'])} images/s)",
         f"augment      {fmt(result['augment_ms_per_step'])} ms per step ({100 * result['augment_fraction']:.1f}%)",

@@ -188,6 +188,8 @@ class TrainConfig:
                                         trajectory=False)
     sync_bn: bool = option(True, "under torchrun, batch norm over the global batch (--no-sync-bn: per process)")
     compile: bool = option(False, "torch.compile the learner (minutes of compilation first)", trajectory=False)
+    cuda_graphs: bool = option(False, "replay augmentation, forward and backward as one CUDA graph (one CUDA "
+                               "process; docs/performance.md)", trajectory=False)
     seed: int = option(0, "seed of weights, data order and augmentations", check=non_negative)
     out: str = option("runs/byol", "run folder (checkpoint, config, metrics, weights)", metavar="DIR",
                       trajectory=False)
@@ -231,6 +233,8 @@ class TrainConfig:
         if self.method == "mocov2" and (not self.queue_size or self.queue_size % self.batch_size):
             raise UserError(f"--queue-size {self.queue_size}: --method mocov2 needs a queue that is a multiple of "
                             f"--batch-size {self.batch_size}")
+        if self.cuda_graphs and self.device.split(":")[0] in ("cpu", "mps"):
+            raise UserError(f"--cuda-graphs: CUDA graphs need a CUDA device, not --device {self.device}")
         if self.subset is not None and self.subset < self.batch_size:
             raise UserError(f"--subset: {self.subset} images make no full batch of {self.batch_size}")
         return self

@@ -119,10 +119,12 @@ def cpu_bf16_rule(cpu: CpuInfo | None = None) -> tuple[bool, str]:
     return next((bf16, why) for bf16, why, applies in CPU_BF16_RULES if applies(cpu))
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):
+    """Autocast to `dtype` (None: fp32, no autocast). `cache=False` inside a CUDA graph capture: cast weights
+    kept past the capture would point into the graph's memory."""
     if dtype is None:
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
     learner.update_target(tau)                      # after the optimizer step; a no-op without a target
     learner.online_encoder, learner.feature_dim, learner.projection_dim
     learner.clip_grad, learner.rank_local_state     # gradient clipping; per-rank state the checkpoint gathers
+    learner.graph_problem, learner.graph_key()      # whether and when --cuda-graphs may replay the forward
 
 `view1`, `view2` are the two global crops; `local_views` the small crops of multi-crop (SwAV, DINO).
 State a method keeps across steps (MoCo's queue, SwAV's queue, DINO's centre) changes only in a training
@@ -39,6 +40,8 @@ class Learner(nn.Module):
     # state_dict entries that differ between ranks, each (1, ...) per process: a run under torchrun saves
     # them concatenated over the ranks, and each rank's load takes its own row (SwAV's queue)
     rank_local_state: tuple[str, ...] = ()
+    # why a CUDA graph could not replay the forward (graphs.py), e.g. it changes Python state; None: it can
+    graph_problem: str | None = None
 
     def __init__(self):
         super().__init__()
@@ -55,6 +58,10 @@ class Learner(nn.Module):
 
     def set_progress(self, step: int, epoch: float) -> None:
         self.step, self.epoch = step, epoch
+
+    def graph_key(self):
+        """Python values the forward reads that may change during a run (none here); graphs.py captures the
+        step again when they do."""
 
     def before_optimizer_step(self) -> None:
         """Gradient surgery between backward and the optimizer step: here the per-parameter clipping every

@@ -1,7 +1,6 @@
-"""One training step, and the Trainer that owns everything a step touches.
+"""The Trainer: everything a training step touches, built from a config.
 
-`training_step` is the step itself (both views, loss, update, target EMA): `byol bench` times exactly
-this function, so its figures are the training loop's. `Trainer` builds learner, augmentation,
+The step itself is `step.training_step` (both views, loss, update, target EMA), re-exported here. `Trainer` builds learner, augmentation,
 optimizer and monitors from a config, restores them from a checkpoint, runs steps on its schedule,
 and writes the one definition of what a checkpoint holds (`state_dict`).
 
@@ -23,9 +22,10 @@ from .backbones import build_backbone, infer_feature_dim, resolve_stem
 from .checkpoint import EncoderInfo, TrainingState
 from .config import TrainConfig, changed_trajectory_keys
 from .data import ImageDataset
-from .device import Runtime, autocast
-from .distributed import Context, all_reduce_sum, convert_sync_batchnorm, gather, unwrap, wrap
+from .device import Runtime
+from .distributed import Context, all_reduce_sum, convert_sync_batchnorm, gather, wrap
 from .errors import UserError
+from .graphs import GraphedStep
 from .logs import log
 from .methods import build_method
 from .model import ViewOutputs
@@ -33,6 +33,7 @@ from .monitor import Monitor
 from .optim import build_optimizer
 from .rng import augmentation_seed, rng_state, set_rng_state
 from .schedules import learning_rate, scaled_lr, target_tau, weight_decay
+from .step import training_step
 
 
 def build_learner(cfg: TrainConfig, channels: int, image_size: int) -> torch.nn.Module:
@@ -69,32 +70,6 @@ def build_augment(cfg: TrainConfig, image_size: int, mean, std) -> torch.nn.Modu
     local = without(dataclasses.replace(LOCAL_VIEW, crop_scale=cfg.local_crop_scale), removed)
     return MultiCropAugment(image_size, mean, std, cfg.local_crops, cfg.local_size or local_size_for(image_size),
                             view1, view2, local)
-
-
-def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  scaler: torch.amp.GradScaler, images: torch.Tensor, tau: float,
-                  memory_format: torch.memory_format = torch.contiguous_format, amp_dtype: torch.dtype | None = None):
-    """One step on a batch already on the device: the views, loss, update, target EMA.
-
-    `learner` may be wrapped in DistributedDataParallel (gradients averaged over ranks). Between backward
-    and the optimizer step the learner may change gradients (`before_optimizer_step`: freezing, clipping),
-    after fp16's scaler has unscaled them. Returns the loss and the learner's ViewOutputs, both still on
-    the device.
-    """
-    views = [view.contiguous(memory_format=memory_format) for view in augment(images)]
-    with autocast(images.device, amp_dtype):
-        loss, outputs = learner(*views, return_outputs=True)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if scaler.is_enabled():
-        scaler.unscale_(optimizer)
-    inner = unwrap(learner)
-    if hasattr(inner, "before_optimizer_step"):  # any module with BYOL's surface works, a Learner or not
-        inner.before_optimizer_step()
-    scaler.step(optimizer)
-    scaler.update()
-    inner.update_target(tau)
-    return loss, outputs
 
 
 @dataclass(frozen=True)
@@ -172,7 +147,12 @@ class Trainer:
         self.monitor = Monitor(cfg, dataset, self.learner.feature_dim, image_size, device, schedule.total_steps,
                                main=context.is_main)
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp_dtype == torch.float16)
+        if cfg.cuda_graphs:
+            problem = self.cuda_graphs_problem()
+            if problem:
+                raise UserError(f"--cuda-graphs: {problem}")
         self._model = None  # the learner in DDP, made by the first step
+        self._run_step = None  # the step on the device, eager or graphed, made by the first step
 
     @property
     def model(self) -> torch.nn.Module:
@@ -184,6 +164,30 @@ class Trainer:
             if self.cfg.compile:
                 self._model.compile()
         return self._model
+
+    def cuda_graphs_problem(self) -> str | None:
+        if self.runtime.device.type != "cuda":
+            return f"CUDA graphs need a CUDA device; this run is on {self.runtime.device.type} (--device cuda)"
+        if self.context.world_size > 1:
+            return ("one process only for now: under torchrun, DDP's gradient all-reduce would have to be captured "
+                    "too, which is not done or tested here")
+        return self.learner.graph_problem
+
+    @property
+    def run_step(self):
+        """`loss, outputs = run_step(images, tau)`: `training_step` on this trainer's parts, or with
+        --cuda-graphs the same step replayed as a CUDA graph (graphs.py)."""
+        if self._run_step is None:
+            model, runtime = self.model, self.runtime
+            if self.cfg.cuda_graphs:
+                self._run_step = GraphedStep(model, self.augment, self.optimizer, self.scaler, runtime.memory_format,
+                                             runtime.amp_dtype)
+            else:
+                def eager(images: torch.Tensor, tau: float):
+                    return training_step(model, self.augment, self.optimizer, self.scaler, images, tau,
+                                         runtime.memory_format, runtime.amp_dtype)
+                self._run_step = eager
+        return self._run_step
 
     def restore(self, state: TrainingState, source: str) -> int:
         """Load a checkpoint into every part; returns its step. Only before the first step."""
@@ -219,9 +223,7 @@ class Trainer:
                 group["weight_decay"] = decay
         self.learner.set_progress(step, step / self.schedule.steps_per_epoch)
         torch.manual_seed(augmentation_seed(self.cfg.seed, step, self.context.rank))
-        loss, outputs = training_step(self.model, self.augment, self.optimizer, self.scaler,
-                                      images.to(self.runtime.device, non_blocking=True), tau,
-                                      self.runtime.memory_format, self.runtime.amp_dtype)
+        loss, outputs = self.run_step(images.to(self.runtime.device, non_blocking=True), tau)
         self.monitor.probe_step(outputs.representations[0], labels, step)
         return StepResult(loss.detach(), outputs, lr, tau)
 

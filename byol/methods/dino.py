@@ -56,6 +56,9 @@ class DINO(Learner):
             return end
         return start + (end - start) * epoch / (int(epochs) - 1)
 
+    def graph_key(self):
+        return self.teacher_temperature()  # a Python number in the loss: a new value needs a new CUDA graph
+
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,
                 return_outputs: bool = False):
         views = [view1, view2, *local_views]

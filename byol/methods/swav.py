@@ -26,6 +26,13 @@ class SwAV(Learner):
     rank_local_state = ("queue",)  # each rank's own: the run loop gathers them into the checkpoint
     ASSIGNED = 2  # codes come from the two global crops only
 
+    @property
+    def graph_problem(self) -> str | None:
+        if self.queue_size:
+            return ("the queue (--queue-size) is created and counted in Python during the forward, which a "
+                    "replayed CUDA graph would not do: use --queue-size 0, or leave out --cuda-graphs")
+        return None
+
     def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 128,
                  projector_hidden_dim: int = 2048, prototypes: int = 3000, temperature: float = 0.1,
                  sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, queue_size: int = 0,
