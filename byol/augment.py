@@ -9,6 +9,11 @@ Pipeline per view (the paper's table and the official code's order; docs/method.
 crop+resize (bicubic) → flip → colour jitter (random order) → grayscale → blur → solarize → clip →
 normalise. Grey (1-channel) images skip saturation, hue and grayscale: they have no colour.
 
+Every random number of a view is drawn first (`draw_view`, in a fixed order), then applied (`apply_view`).
+Views of the same size go through the pipeline as one batch (`augment_views`): BYOL's two views take
+half the kernel launches, which on a GPU is most of the augmentation's cost, and each view still gets the
+numbers, and so the bits, it would get alone (tested).
+
 Deviations from the official code, each for a reason:
 - The crop is taken with a continuous box (no rounding to whole pixels) and resampled with
   `grid_sample` so the whole batch is cropped in one call; the box distribution is torchvision's
@@ -21,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -98,10 +105,16 @@ def _crop_boxes(batch: int, height: int, width: int, cfg: ViewConfig, device) ->
 
 
 def crop_and_flip(images: torch.Tensor, out_size: int, cfg: ViewConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random resized crop (bicubic) and horizontal flip in one resampling pass."""
+    """Random resized crop (bicubic) and horizontal flip in one resampling pass; returns the flip mask too."""
     batch, _, height, width = images.shape
     boxes = _crop_boxes(batch, height, width, cfg, images.device)
     flip = torch.rand(batch, device=images.device) < cfg.flip_prob
+    return resample(images, boxes, flip, out_size), flip
+
+
+def resample(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Each image's box (x0, y0, w, h), mirrored where `flip`, resampled bicubically to out_size², in [0, 1]."""
+    batch, _, height, width = images.shape
     x0, y0, w, h = boxes.unbind(1)
     # affine_grid maps output coordinates in [-1, 1] to input coordinates in [-1, 1].
     scale_x = (w / width) * torch.where(flip, -1.0, 1.0)
@@ -116,7 +129,7 @@ def crop_and_flip(images: torch.Tensor, out_size: int, cfg: ViewConfig) -> tuple
     grid = F.affine_grid(theta, [batch, images.shape[1], out_size, out_size], align_corners=False)
     out = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
     # Bicubic overshoots; the rest of the pipeline expects [0, 1].
-    return out.clamp_(0, 1), flip
+    return out.clamp_(0, 1)
 
 
 def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
@@ -207,23 +220,15 @@ def _apply_to_selected(x: torch.Tensor, mask: torch.Tensor, fn, *params: torch.T
     return x
 
 
-def colour_jitter(x: torch.Tensor, cfg: ViewConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Brightness, contrast, saturation, hue in a random order per image, each clipped to [0, 1]."""
-    batch, channels = x.shape[:2]
-    device = x.device
-    apply = torch.rand(batch, device=device) < cfg.jitter_prob
-    brightness = torch.empty(batch, device=device).uniform_(-cfg.brightness, cfg.brightness)
-    contrast = torch.empty(batch, device=device).uniform_(1 - cfg.contrast, 1 + cfg.contrast)
-    saturation = torch.empty(batch, device=device).uniform_(1 - cfg.saturation, 1 + cfg.saturation)
-    hue = torch.empty(batch, device=device).uniform_(-cfg.hue, cfg.hue)
-    order = torch.argsort(torch.rand(batch, 4, device=device), dim=1)
-    ops = [(adjust_brightness, brightness), (adjust_contrast, contrast)]
-    if channels == 3:
-        ops += [(adjust_saturation, saturation), (adjust_hue, hue)]
+def colour_jitter(x: torch.Tensor, draws: ViewDraws) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue in each image's drawn order, each clipped to [0, 1]."""
+    ops = [(adjust_brightness, draws.brightness), (adjust_contrast, draws.contrast)]
+    if x.shape[1] == 3:
+        ops += [(adjust_saturation, draws.saturation), (adjust_hue, draws.hue)]
     for position in range(4):
         for op_index, (fn, param) in enumerate(ops):
-            x = _apply_to(x, apply & (order[:, position] == op_index), fn, param)
-    return x, apply
+            x = _apply_to(x, draws.jitter & (draws.order[:, position] == op_index), fn, param)
+    return x
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -247,6 +252,63 @@ def solarize(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 0.5, x, 1 - x)
 
 
+class ViewDraws(NamedTuple):
+    """One view's random parameters, a row per image, as `draw_view` draws them."""
+
+    boxes: torch.Tensor  # (B, 4) crop boxes x0, y0, w, h in input pixels
+    flip: torch.Tensor  # (B,) bool
+    jitter: torch.Tensor  # (B,) bool: colour jitter applied
+    brightness: torch.Tensor  # (B,) added
+    contrast: torch.Tensor  # (B,) factor
+    saturation: torch.Tensor  # (B,) factor
+    hue: torch.Tensor  # (B,) shift, in turns
+    order: torch.Tensor  # (B, 4) the order of the four jitter operations
+    grayscale: torch.Tensor  # (B,) bool
+    blur: torch.Tensor  # (B,) bool
+    sigma: torch.Tensor  # (B,) the blur's σ in pixels
+    solarize: torch.Tensor  # (B,) bool
+
+    @staticmethod
+    def cat(draws: Sequence[ViewDraws]) -> ViewDraws:
+        return ViewDraws(*(torch.cat(field) for field in zip(*draws, strict=True)))
+
+
+def draw_view(batch: int, channels: int, height: int, width: int, cfg: ViewConfig, device) -> ViewDraws:
+    """Every random number of one view, from torch's generator on `device`, always in this order (a run's
+    augmentations, and a resumed run's, depend on it)."""
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.empty(batch, device=device).uniform_(low, high)
+
+    def happens(p: float) -> torch.Tensor:
+        return torch.rand(batch, device=device) < p
+
+    boxes = _crop_boxes(batch, height, width, cfg, device)
+    flip = happens(cfg.flip_prob)
+    jitter = happens(cfg.jitter_prob)
+    brightness = uniform(-cfg.brightness, cfg.brightness)
+    contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast)
+    saturation = uniform(1 - cfg.saturation, 1 + cfg.saturation)
+    hue = uniform(-cfg.hue, cfg.hue)
+    order = torch.argsort(torch.rand(batch, 4, device=device), dim=1)
+    # grey images have no colour to remove: nothing drawn for them
+    grayscale = happens(cfg.grayscale_prob) if channels == 3 else torch.zeros(batch, dtype=torch.bool, device=device)
+    blur = happens(cfg.blur_prob)
+    sigma = uniform(*cfg.blur_sigma)
+    solarize = happens(cfg.solarize_prob)
+    return ViewDraws(boxes, flip, jitter, brightness, contrast, saturation, hue, order, grayscale, blur, sigma, solarize)
+
+
+def apply_view(x: torch.Tensor, draws: ViewDraws, out_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The pipeline on float images in [0, 1] with the given draws (one row per image of `x`)."""
+    x = resample(x, draws.boxes, draws.flip, out_size)
+    x = colour_jitter(x, draws)
+    if x.shape[1] == 3:
+        x = _apply_to(x, draws.grayscale, to_grayscale)
+    x = _apply_to(x, draws.blur, gaussian_blur, draws.sigma)
+    x = _apply_to(x, draws.solarize, solarize)
+    return (x.clamp_(0, 1) - mean) / std
+
+
 class ViewAugment(torch.nn.Module):
     """One view's pipeline. `forward(images, return_params=True)` also returns which images got
     which operation (boolean masks), for tests and for inspecting a run."""
@@ -257,29 +319,48 @@ class ViewAugment(torch.nn.Module):
         self.cfg = cfg
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        # views with the same output and statistics can share a batch (augment_views); kept on the host
+        self.batch_key = (image_size, tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist()))
+
+    def draw(self, x: torch.Tensor) -> ViewDraws:
+        batch, channels, height, width = x.shape
+        return draw_view(batch, channels, height, width, self.cfg, x.device)
+
+    def apply(self, x: torch.Tensor, draws: ViewDraws) -> torch.Tensor:
+        return apply_view(x, draws, self.image_size, self.mean, self.std)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, return_params: bool = False):
-        cfg = self.cfg
         x = to_unit_float(images)
-        batch, channels = x.shape[:2]
-        device = x.device
-        x, flipped = crop_and_flip(x, self.image_size, cfg)
-        x, jittered = colour_jitter(x, cfg)
-        grayscaled = torch.zeros(batch, dtype=torch.bool, device=device)
-        if channels == 3:
-            grayscaled = torch.rand(batch, device=device) < cfg.grayscale_prob
-            x = _apply_to(x, grayscaled, to_grayscale)
-        blurred = torch.rand(batch, device=device) < cfg.blur_prob
-        sigma = torch.empty(batch, device=device).uniform_(*cfg.blur_sigma)
-        x = _apply_to(x, blurred, gaussian_blur, sigma)
-        solarized = torch.rand(batch, device=device) < cfg.solarize_prob
-        x = _apply_to(x, solarized, solarize)
-        x = (x.clamp_(0, 1) - self.mean) / self.std
+        draws = self.draw(x)
+        out = self.apply(x, draws)
         if return_params:
-            params = dict(flip=flipped, jitter=jittered, grayscale=grayscaled, blur=blurred, solarize=solarized)
-            return x, params
-        return x
+            params = dict(flip=draws.flip, jitter=draws.jitter, grayscale=draws.grayscale, blur=draws.blur,
+                          solarize=draws.solarize)
+            return out, params
+        return out
+
+
+@torch.no_grad()
+def augment_views(views: Sequence[ViewAugment], images: torch.Tensor) -> list[torch.Tensor]:
+    """Each view of the same images, drawn view by view as if each ran alone (the same numbers, so the same
+    bits), but computed as one batch per output size: BYOL's two views in one pass, multi-crop's local crops
+    in another."""
+    x = to_unit_float(images)
+    draws = [view.draw(x) for view in views]
+    groups: dict[tuple, list[int]] = {}
+    for index, view in enumerate(views):
+        groups.setdefault(view.batch_key, []).append(index)
+    outputs: list[torch.Tensor | None] = [None] * len(views)
+    for indices in groups.values():
+        view = views[indices[0]]
+        if len(indices) == 1:
+            outputs[indices[0]] = view.apply(x, draws[indices[0]])
+            continue
+        together = view.apply(x.repeat(len(indices), 1, 1, 1), ViewDraws.cat([draws[i] for i in indices]))
+        for index, out in zip(indices, together.chunk(len(indices)), strict=True):
+            outputs[index] = out
+    return outputs
 
 
 class BYOLAugment(torch.nn.Module):
@@ -291,7 +372,8 @@ class BYOLAugment(torch.nn.Module):
         self.view2 = ViewAugment(image_size, mean, std, view2)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.view1(images), self.view2(images)
+        view1, view2 = augment_views([self.view1, self.view2], images)
+        return view1, view2
 
 
 # Multi-crop's small crops (DINO's and SwAV's official recipes): no solarize, blur half the time.
@@ -316,7 +398,7 @@ class MultiCropAugment(torch.nn.Module):
         self.locals = torch.nn.ModuleList(ViewAugment(local_size, mean, std, local_view) for _ in range(local_crops))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (*self.globals(images), *(local(images) for local in self.locals))
+        return tuple(augment_views([self.globals.view1, self.globals.view2, *self.locals], images))
 
 
 class EvalTransform(torch.nn.Module):

@@ -38,7 +38,11 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         with verbosity(quiet, main=context.is_main):
             runtime = Runtime.resolve(device, cfg.precision, cfg.channels_last)
             runtime.prepare()
-            return fit(cfg, runtime, context, quiet)
+            summary = fit(cfg, runtime, context, quiet)
+        # Every rank is done before any tears the group down: a gloo peer that leaves first can make one
+        # still connected abort on its way out (seen once in 2-rank runs stopped by --stop-after-steps).
+        context.barrier()
+        return summary
     finally:
         teardown(context)
 

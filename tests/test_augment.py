@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from byol import VIEW1, VIEW2, BYOLAugment, ViewAugment, ViewConfig
+from byol import VIEW1, VIEW2, BYOLAugment, MultiCropAugment, ViewAugment, ViewConfig
 from byol.augment import (
     _crop_boxes,
     adjust_contrast,
@@ -223,3 +223,25 @@ def test_the_sync_free_masking_of_accelerators_gives_the_cpus_bits(channels, siz
         views[name] = both(images)
     for a, b in zip(views["selected"], views["where"]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("masking", ["selected", "where"])
+@pytest.mark.parametrize("channels, size, batch", [(3, 32, 64), (1, 28, 128), (3, 96, 12)])
+def test_views_computed_together_get_the_bits_each_gets_alone(channels, size, batch, masking, monkeypatch):
+    """BYOLAugment and MultiCropAugment push same-sized views through the pipeline as one batch; each view
+    must come out as it does from its own ViewAugment after the same seed: same draws, same order, same bits."""
+    from byol import augment
+
+    monkeypatch.setattr(augment, "_apply_to", getattr(augment, f"_apply_{'to_selected' if masking == 'selected' else 'where'}"))
+    images = torch.randint(0, 256, (batch, channels, size + 4, size + 4), dtype=torch.uint8)
+    both = BYOLAugment(size, (0.5,) * channels, (0.25,) * channels)
+    multi = MultiCropAugment(size, (0.5,) * channels, (0.25,) * channels, local_crops=3, local_size=size // 2)
+    for pipeline, views in ((both, [both.view1, both.view2]),
+                            (multi, [multi.globals.view1, multi.globals.view2, *multi.locals])):
+        torch.manual_seed(3)
+        together = pipeline(images)
+        torch.manual_seed(3)
+        alone = [view(images) for view in views]
+        assert len(together) == len(alone)
+        for a, b in zip(together, alone, strict=True):
+            assert torch.equal(a, b)

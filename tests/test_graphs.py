@@ -120,7 +120,7 @@ def test_warm_up_then_one_capture_then_replays_and_a_new_capture_per_teacher_tem
     last_layer = [p for p in learner.online_projector.last_layer.parameters() if p.requires_grad]
     for index, epoch in enumerate((0.0, 0.0, 0.0, 0.25, 0.5, 1.0, 1.5)):
         learner.set_progress(index, epoch)
-        loss, outputs = step(images, 0.99)
+        loss, _ = step(images, 0.99)
         assert torch.isfinite(loss)
         if index < GraphedStep.WARMUP_STEPS:
             assert fake.events == []  # eager warm-up
