@@ -19,7 +19,8 @@
 #   eval     byol eval --checkpoint <run>/checkpoint.pt --device cuda
 #   tests    pytest -m cuda (tests/test_cuda.py), then the tests that reach CUDA through --device auto
 #   graphs   byol bench --cuda-graphs against the eager step, back to back (R18/32/512 with byol-pytorch, R50/224/128,
-#            the gpu preset's model), and the graphed step's profile (cuda_checks.py --only graphs)
+#            the gpu preset's model), the graphed step's profile, and the SyncBatchNorm variants
+#            (cuda_checks.py --only env,graphs,syncbn)
 #   compile  byol bench ... --compile for R18/32/512 (alone, then with --cuda-graphs), then R50/224/128
 #
 # What is left to measure after the 2026-11-26 H100 run (docs/performance.md "GPU"), in one call:
@@ -872,8 +873,9 @@ def _decode():
 
 @section("syncbn")
 def _syncbn():
-    """byol's SyncBatchNorm (the default: one all-reduce, no mask) against torch's, in a 1-rank NCCL group,
-    bf16 autocast, channels_last: host syncs and time per forward + backward of a BN layer."""
+    """byol's SyncBatchNorm (the default composite: one all-reduce, no mask; and "fused": torch's fused kernels,
+    no mask) against torch's, in a 1-rank NCCL group, bf16 input, channels_last: host syncs and time per
+    forward + backward of a BN layer."""
     if not CUDA:
         return {"skipped": "cpu"}
     import datetime
@@ -891,12 +893,21 @@ def _syncbn():
     try:
         x = torch.randn(128, 64, 16, 16, device=DEV).contiguous(memory_format=CL).requires_grad_()
         ref = F.batch_norm(x.detach(), None, None, training=True, eps=1e-5)
-        for name in ("byol", "torch"):
-            bn = byol_dist.convert_sync_batchnorm(torch.nn.BatchNorm2d(64), DEV, implementation=name).to(DEV)
+        from torch.nn.modules._functions import SyncBatchNorm as TorchSyncFunction
+        # In a 1-rank group torch's nn.SyncBatchNorm falls back to plain batch norm ("torch": what a 1-GPU run
+        # gets); "torch-sync-path" calls its synchronising function directly, mask and all, as on several GPUs.
+        for name in ("byol", "fused", "torch", "torch-sync-path"):
+            implementation = "torch" if name == "torch-sync-path" else name
+            bn = byol_dist.convert_sync_batchnorm(torch.nn.BatchNorm2d(64), DEV, implementation=implementation).to(DEV)
 
-            def fwd_bwd(bn=bn):
+            def fwd_bwd(bn=bn, name=name):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    y = bn(x)
+                    h = x.to(torch.bfloat16)  # a convolution's output under autocast
+                    if name == "torch-sync-path":
+                        y = TorchSyncFunction.apply(h, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps,
+                                                    bn.momentum, dist.group.WORLD, 1)
+                    else:
+                        y = bn(h)
                 y.float().square().mean().backward()
                 return y
 
@@ -905,7 +916,8 @@ def _syncbn():
             out[f"{name}_max_abs_diff_vs_fp32_batchnorm"] = float((y.float() - ref).abs().max())
             out[f"{name}_syncs_per_forward_backward"] = count_syncs(fwd_bwd)
             out[f"{name}_ms_per_forward_backward"] = ms(median_s(fwd_bwd, reps=20))
-        out["note"] = "1-rank NCCL group; multi-GPU speed is not measured"
+        out["note"] = ("1-rank NCCL group; multi-GPU speed is not measured. 'torch' is nn.SyncBatchNorm, which "
+                       "in one rank is plain batch norm; 'torch-sync-path' its synchronising function")
     finally:
         byol_dist.is_distributed = real_is_distributed
         dist.destroy_process_group()
@@ -1031,7 +1043,7 @@ if de and "error" not in de:
           f"torchvision decode_jpeg cuda {de.get('torchvision_decode_jpeg_cuda_images_per_s', de.get('torchvision_decode_jpeg_cuda'))} img/s")
 sb = checks.get("syncbn", {})
 if sb and "error" not in sb and "skipped" not in sb:
-    for name in ("byol", "torch"):
+    for name in ("byol", "fused", "torch", "torch-sync-path"):
         print(f"SyncBatchNorm {name} (1-rank NCCL, bf16, channels_last): {sb.get(name + '_ms_per_forward_backward')} ms, "
               f"{(sb.get(name + '_syncs_per_forward_backward') or {}).get('total')} syncs per fwd+bwd, max diff "
               f"{sb.get(name + '_max_abs_diff_vs_fp32_batchnorm')}")
@@ -1182,18 +1194,19 @@ if want graphs && [ "$DRY" != 1 ]; then   # eager and graphed benches back to ba
     step graphs-r50-224px-b128 45 120 bench r50-224px-b128-graphs --precision "$PREC" "${R50[@]}" --cuda-graphs
     step graphs-gpu-preset-model 30 75 bench r18-1ch-28px-b512-graphs --precision "$PREC" "${M[@]}" --cuda-graphs
     step graphs-profile 40 120 "$PY" "$WORK/cuda_checks.py" --device "$DEVICE" --out "$OUT/cuda_checks.json" \
-        --only env,graphs ${FM:+--fmnist "$FM"} "${CHECK_ARGS[@]}"
+        --only env,graphs,syncbn ${FM:+--fmnist "$FM"} "${CHECK_ARGS[@]}"
 fi
 # ---------------------------------------------------------------- train (time-boxed) and eval
 RUN="$WORK/run-gpu-preset"
 if want train && [ -n "$FM" ]; then
-    read -r EPOCHS WARM < <("$PY" - "$OUT/bench.jsonl" "$TRAIN_S" "$DRY" <<'PYEOF'
+    MODEL_LABEL=r18-1ch-28px-b512; [ "${TRAIN_GRAPHS:-0}" = 1 ] && MODEL_LABEL=r18-1ch-28px-b512-graphs
+    read -r EPOCHS WARM < <("$PY" - "$OUT/bench.jsonl" "$TRAIN_S" "$DRY" "$MODEL_LABEL" <<'PYEOF'
 import json, sys
 ips = None
 try:
     for line in open(sys.argv[1]):
         row = json.loads(line)
-        if row.get("label") == "r18-1ch-28px-b512":
+        if row.get("label") == sys.argv[4]:
             ips = row["images_per_s"]
 except OSError:
     pass
@@ -1203,7 +1216,7 @@ if dry:
     sys.exit()
 ips = ips or 6000.0
 epoch_s = 117 * 512 / ips * 1.05 + 0.2   # + the kNN monitor every 10 epochs, a checkpoint every 2000 steps (estimates)
-epochs = max(1, min(60, int((train_s - 25) / epoch_s)))
+epochs = max(1, min(300, int((train_s - 25) / epoch_s)))
 print(epochs, max(0.5, round(epochs / 10, 1)))
 PYEOF
 )

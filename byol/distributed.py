@@ -210,6 +210,51 @@ def gather(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _Gather.apply(tensor), dist.get_rank() * len(tensor)
 
 
+class _FusedSyncBatchNorm(torch.autograd.Function):
+    """Batch norm over the global batch with torch's fused CUDA kernels (per-rank Welford statistics, an
+    all-gather, their combination, one normalising kernel; two reductions and one kernel backward), without
+    the boolean mask torch's own SyncBatchNorm drops empty ranks with: that mask is a host sync per call,
+    and here every rank always has the same per-process batch. CUDA and NCCL only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps: float, momentum: float):
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous()
+        channels = x.shape[1]
+        mean, invstd = torch.batch_norm_stats(x, eps)
+        count = torch.full((1,), x.numel() // channels, dtype=mean.dtype, device=x.device)
+        gathered = torch.empty(dist.get_world_size(), 2 * channels + 1, dtype=mean.dtype, device=x.device)
+        dist.all_gather_into_tensor(gathered, torch.cat([mean, invstd, count]))
+        means, invstds, counts = gathered.split([channels, channels, 1], dim=1)
+        counts = counts.reshape(-1).to(running_mean.dtype if running_mean is not None else mean.dtype)
+        mean, invstd = torch.batch_norm_gather_stats_with_counts(x, means, invstds, running_mean, running_var,
+                                                                 momentum, eps, counts)
+        ctx.save_for_backward(x, weight, mean, invstd, counts.to(torch.int32))
+        return torch.batch_norm_elemt(x, weight, bias, mean, invstd, eps)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if not grad_out.is_contiguous(memory_format=torch.channels_last):
+            grad_out = grad_out.contiguous()
+        x, weight, mean, invstd, counts = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        sum_dy, sum_dy_xmu, grad_weight, grad_bias = torch.batch_norm_backward_reduce(
+            grad_out, x, mean, invstd, weight, needs_input, needs_weight and weight is not None,
+            needs_bias and weight is not None)
+        grad_input = None
+        if needs_input:
+            channels = sum_dy.shape[0]
+            sums = torch.cat([sum_dy, sum_dy_xmu])
+            dist.all_reduce(sums)  # the input's gradient depends on every rank's part of the batch
+            sum_dy, sum_dy_xmu = sums.split(channels)
+            if weight is not None and weight.dtype != mean.dtype:
+                weight = weight.to(mean.dtype)
+            grad_input = torch.batch_norm_backward_elemt(grad_out, x, mean, invstd, weight, sum_dy, sum_dy_xmu, counts)
+        # the parameters' gradients are this rank's share; DDP averages them like every other gradient
+        return (grad_input, grad_weight if needs_weight else None, grad_bias if needs_bias else None,
+                None, None, None, None)
+
+
 class SyncBatchNorm(_BatchNorm):
     """Batch norm over the global batch of all ranks, on any device and backend.
 
@@ -219,6 +264,10 @@ class SyncBatchNorm(_BatchNorm):
     one process, it is plain batch norm on the running statistics.
     """
 
+    # "fused": torch's fused CUDA kernels on CUDA tensors (_FusedSyncBatchNorm); "composite": the
+    # operations below, on any device. Not yet measured against each other on several GPUs.
+    kernels = "composite"
+
     def _check_input_dim(self, input):
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
@@ -227,6 +276,8 @@ class SyncBatchNorm(_BatchNorm):
         if not (self.training and is_distributed()):
             return super().forward(x)
         self._check_input_dim(x)
+        if self._fused_applies(x):
+            return self._fused(x)
         channels = x.shape[1]
         view = (1, channels) + (1,) * (x.dim() - 2)
         dims = [0, *range(2, x.dim())]
@@ -249,6 +300,19 @@ class SyncBatchNorm(_BatchNorm):
             y = y * self.weight.view(view) + self.bias.view(view)
         return y.to(x.dtype)
 
+    def _fused_applies(self, x: torch.Tensor) -> bool:
+        return self.kernels == "fused" and x.is_cuda  # the fused kernels exist for CUDA only
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        momentum = 0.0
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            # momentum=None is a cumulative average; reading the count back is a host sync, as in torch's
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return _FusedSyncBatchNorm.apply(x, self.weight, self.bias, self.running_mean if self.track_running_stats
+                                         else None, self.running_var if self.track_running_stats else None,
+                                         self.eps, momentum)
+
 
 class SyncBatchNormAct(SyncBatchNorm):
     """timm's BatchNormAct2d (batch norm, then dropout and activation in the same module) over the global
@@ -262,10 +326,13 @@ PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device, implementation: str = "byol") -> nn.Module:
-    """Every batch norm in `module` synchronized across ranks: ours (any device, no host sync), or torch's
-    fused CUDA kernel (`implementation="torch"`, CUDA only). timm's batch norm + activation layers keep
+    """Every batch norm in `module` synchronized across ranks: ours (any device, no host sync), ours with
+    torch's fused CUDA kernels (`implementation="fused"`, CUDA tensors; no host sync either), or torch's
+    SyncBatchNorm (`implementation="torch"`, CUDA only, one host sync per call). timm's batch norm + activation layers keep
     their activation (ours, either way); other subclasses of batch norm, whose forward we cannot know,
     stay per process and are counted in a warning."""
+    if implementation not in ("byol", "fused", "torch"):
+        raise ValueError(f"unknown SyncBatchNorm implementation '{implementation}'")
     if implementation == "torch" and device.type != "cuda":
         raise ValueError("torch's SyncBatchNorm runs on CUDA only")
     unknown: dict[str, int] = {}
@@ -282,10 +349,11 @@ def _convert(module: nn.Module, implementation: str, unknown: dict[str, int]) ->
     if isinstance(module, _BatchNorm):
         if type(module) in PLAIN_BATCH_NORMS and implementation == "torch":
             return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        kernels = "fused" if implementation == "fused" else "composite"
         if type(module) in PLAIN_BATCH_NORMS:
-            return _synced(SyncBatchNorm, module)
+            return _synced(SyncBatchNorm, module, kernels)
         if isinstance(getattr(module, "act", None), nn.Module) and isinstance(getattr(module, "drop", None), nn.Module):
-            synced = _synced(SyncBatchNormAct, module)
+            synced = _synced(SyncBatchNormAct, module, kernels)
             synced.drop, synced.act = module.drop, module.act
             return synced
         unknown[type(module).__name__] = unknown.get(type(module).__name__, 0) + 1
@@ -295,8 +363,9 @@ def _convert(module: nn.Module, implementation: str, unknown: dict[str, int]) ->
     return module
 
 
-def _synced(kind: type[SyncBatchNorm], module: _BatchNorm) -> SyncBatchNorm:
+def _synced(kind: type[SyncBatchNorm], module: _BatchNorm, kernels: str = "composite") -> SyncBatchNorm:
     synced = kind(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+    synced.kernels = kernels
     if module.affine:
         synced.weight, synced.bias = module.weight, module.bias
     synced.running_mean, synced.running_var = module.running_mean, module.running_var

@@ -141,7 +141,8 @@ def test_evaluation_on_cuda_equals_the_cpus():
     assert abs(probes[0]["top1"] - probes[1]["top1"]) <= 100 / 64 + 1e-6  # at most one test image apart
 
 
-def test_synchronized_batch_norm_runs_sync_free_in_bf16_channels_last(tmp_path, monkeypatch):
+@pytest.mark.parametrize("implementation", ["byol", "fused"])
+def test_synchronized_batch_norm_runs_sync_free_in_bf16_channels_last(implementation, tmp_path, monkeypatch):
     import torch.distributed as dist
 
     dist.init_process_group("nccl", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
@@ -149,7 +150,8 @@ def test_synchronized_batch_norm_runs_sync_free_in_bf16_channels_last(tmp_path, 
     try:
         torch.manual_seed(0)
         plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).to(CUDA)
-        synced = convert_sync_batchnorm(copy.deepcopy(plain), CUDA).to(memory_format=torch.channels_last)
+        synced = convert_sync_batchnorm(copy.deepcopy(plain), CUDA, implementation).to(memory_format=torch.channels_last)
+        assert synced[1].kernels == ("fused" if implementation == "fused" else "composite")
         x = torch.randn(16, 3, 12, 12, device=CUDA).contiguous(memory_format=torch.channels_last)
         reference = plain(x)
         reference.square().mean().backward()
@@ -165,5 +167,7 @@ def test_synchronized_batch_norm_runs_sync_free_in_bf16_channels_last(tmp_path, 
         torch.testing.assert_close(out.float(), reference, rtol=3e-2, atol=3e-2)
         torch.testing.assert_close(synced[1].weight.grad, plain[1].weight.grad, rtol=5e-2, atol=5e-3)
         torch.testing.assert_close(synced[1].running_mean, plain[1].running_mean, rtol=1e-2, atol=5e-3)
+        torch.testing.assert_close(synced[1].running_var, plain[1].running_var, rtol=1e-2, atol=5e-3)
+        torch.testing.assert_close(synced[0].weight.grad, plain[0].weight.grad, rtol=5e-2, atol=5e-3)
     finally:
         dist.destroy_process_group()

@@ -119,10 +119,62 @@ def test_two_ranks_with_sync_bn_equal_one_process_with_the_whole_batch(tmp_path,
     assert not torch.equal(initial[first], single["state"][first])
 
 
-def _sync_bn_gradients(x: torch.Tensor) -> dict:
+class FusedKernelsOnTheCpu:
+    """Stand-ins for torch's CUDA-only fused batch-norm kernels and NCCL's all_gather_into_tensor, written from
+    what they compute, so the glue of byol's fused SyncBatchNorm path (arguments, shapes, the backward's
+    all-reduce) runs over gloo ranks. tests/test_cuda.py runs the real kernels on a GPU."""
+
+    @staticmethod
+    def install():
+        dims = [0, 2, 3]
+
+        def stats(x, eps):
+            mean = x.mean(dims)
+            return mean, (x.var(dims, unbiased=False) + eps).rsqrt()
+
+        def gather_stats(x, means, invstds, running_mean, running_var, momentum, eps, counts):
+            total = counts.sum()
+            mean = (means * counts[:, None]).sum(0) / total
+            variances = invstds.pow(-2) - eps
+            var = (counts[:, None] * (variances + (means - mean) ** 2)).sum(0) / total
+            if running_mean is not None:
+                running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+                running_var.mul_(1 - momentum).add_(var * total / (total - 1), alpha=momentum)
+            return mean, (var + eps).rsqrt()
+
+        def shape(t):
+            return t.view(1, -1, 1, 1)
+
+        def elemt(x, weight, bias, mean, invstd, eps):
+            return (x - shape(mean)) * shape(invstd) * shape(weight) + shape(bias)
+
+        def backward_reduce(dy, x, mean, invstd, weight, input_g, weight_g, bias_g):
+            sum_dy, sum_dy_xmu = dy.sum(dims), (dy * (x - shape(mean))).sum(dims)
+            return sum_dy, sum_dy_xmu, sum_dy_xmu * invstd if weight_g else None, sum_dy if bias_g else None
+
+        def backward_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, counts):
+            total = counts.sum().to(dy.dtype)
+            xhat = (x - shape(mean)) * shape(invstd)
+            return (dy - shape(sum_dy) / total - xhat * shape(invstd * sum_dy_xmu) / total) * shape(invstd * weight)
+
+        def all_gather_into_tensor(output, tensor):
+            parts = list(output.chunk(dist.get_world_size()))
+            gathered = [torch.empty_like(part.reshape(tensor.shape)) for part in parts]
+            dist.all_gather(gathered, tensor)
+            output.copy_(torch.stack(gathered).view_as(output))
+
+        torch.batch_norm_stats, torch.batch_norm_gather_stats_with_counts = stats, gather_stats
+        torch.batch_norm_elemt, torch.batch_norm_backward_reduce = elemt, backward_reduce
+        torch.batch_norm_backward_elemt, dist.all_gather_into_tensor = backward_elemt, all_gather_into_tensor
+        SyncBatchNorm._fused_applies = lambda self, x: self.kernels == "fused"
+
+
+def _sync_bn_gradients(x: torch.Tensor, implementation: str = "byol") -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
+    if implementation == "fused":
+        FusedKernelsOnTheCpu.install()  # in this spawned rank only
     torch.manual_seed(0)
-    bn = convert_sync_batchnorm(torch.nn.BatchNorm2d(3), torch.device("cpu"))
+    bn = convert_sync_batchnorm(torch.nn.BatchNorm2d(3), torch.device("cpu"), implementation)
     assert isinstance(bn, SyncBatchNorm)
     local = x.chunk(world)[rank].clone().requires_grad_(True)
     weights = torch.arange(local.numel(), dtype=torch.float32).view_as(local) + rank * local.numel()
@@ -133,20 +185,33 @@ def _sync_bn_gradients(x: torch.Tensor) -> dict:
             "gathered": gathered, "running_var": bn.running_var}
 
 
-def test_sync_batchnorm_gradients_and_statistics_are_those_of_the_global_batch(tmp_path):
+@pytest.mark.parametrize("implementation", ["byol", "fused"])
+def test_sync_batchnorm_gradients_and_statistics_are_those_of_the_global_batch(tmp_path, implementation):
     x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(2)) * 3 + 5  # far from the zero shift
     reference = torch.nn.BatchNorm2d(3)
     full = x.clone().requires_grad_(True)
     weights = torch.arange(full.numel(), dtype=torch.float32).view_as(full)
     (reference(full) * weights).sum().backward()
 
-    ranks = _in_ranks(2, tmp_path, _sync_bn_gradients, x)
+    ranks = _in_ranks(2, tmp_path, _sync_bn_gradients, x, implementation)
     torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]), full.grad, rtol=1e-4, atol=1e-4)
     for r, result in enumerate(ranks):
         torch.testing.assert_close(result["weight_grad"], reference.weight.grad, rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(result["running_var"], reference.running_var)
         torch.testing.assert_close(result["gathered"], x)
         assert int(result["offset"]) == r * 3
+
+
+def test_sync_batchnorm_implementations_are_chosen_by_name():
+    """"fused" marks our layers for torch's fused CUDA kernels (tests/test_cuda.py runs them); on CPU tensors
+    they take the composite path."""
+    fused = convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu"), "fused")
+    assert isinstance(fused[0], SyncBatchNorm) and fused[0].kernels == "fused"
+    assert convert_sync_batchnorm(torch.nn.BatchNorm2d(3), torch.device("cpu")).kernels == "composite"
+    with pytest.raises(ValueError, match="unknown SyncBatchNorm implementation 'apex'"):
+        convert_sync_batchnorm(torch.nn.BatchNorm2d(3), torch.device("cpu"), "apex")
+    with pytest.raises(ValueError, match="CUDA only"):
+        convert_sync_batchnorm(torch.nn.BatchNorm2d(3), torch.device("cpu"), "torch")
 
 
 def test_batch_that_does_not_split_over_ranks_is_refused():
