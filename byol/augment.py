@@ -295,7 +295,8 @@ def draw_view(batch: int, channels: int, height: int, width: int, cfg: ViewConfi
     blur = happens(cfg.blur_prob)
     sigma = uniform(*cfg.blur_sigma)
     solarize = happens(cfg.solarize_prob)
-    return ViewDraws(boxes, flip, jitter, brightness, contrast, saturation, hue, order, grayscale, blur, sigma, solarize)
+    return ViewDraws(boxes, flip, jitter, brightness, contrast, saturation, hue, order, grayscale, blur, sigma,
+                     solarize)
 
 
 def apply_view(x: torch.Tensor, draws: ViewDraws, out_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -110,7 +110,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_options({name: getattr(args, name) for name in BENCH_OPTIONS})
     compare = tuple(p.strip() for p in (args.compare or "").split(",") if p.strip())
     result = bench(args.backbone, args.width, args.image_size, args.batch_size, args.steps, args.warmup, args.device,
-                   args.precision, args.channels, args.channels_last, args.compile, compare, args.stem, args.cuda_graphs)
+                   args.precision, args.channels, args.channels_last, args.compile, compare, args.stem,
+                   args.cuda_graphs)
     print(json.dumps(result) if args.json else format_result(result))
     return 0
 
