@@ -59,7 +59,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, names=None, defaults: 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {name: getattr(args, name) for name in FIELDS}
     config = resolve(args.preset, args.config, overrides)
-    check_method_takes(config.method, [name for name, value in overrides.items() if value is not None])
+    check_method_takes(config, [name for name, value in overrides.items() if value is not None])
     return config
 
 

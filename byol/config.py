@@ -383,13 +383,16 @@ def method_option_users() -> dict[str, list[str]]:
     return {name: methods for name, methods in users.items() if len(methods) < len(METHODS)}
 
 
-def check_method_takes(method: str, given: list[str]) -> None:
+def check_method_takes(config: TrainConfig, given: list[str]) -> None:
     """Refuse, in one line, an option given on the command line that the chosen method would ignore (a
     preset or YAML file may hold options for other methods; the command line is what the user just asked)."""
-    users = method_option_users()
+    method, users = config.method, method_option_users()
     for name in given:
         if name in users and method not in users[name]:
             raise UserError(f"{flag(name)}: --method {method} does not use it (only {', '.join(users[name])} do)")
+    if method == "byol" and "temperature" in given and not config.negatives_beta:
+        raise UserError("--temperature: --method byol uses it only in the appendix's contrastive term, which "
+                        "--negatives-beta turns on")
 
 
 def changed_trajectory_keys(saved: dict, config: TrainConfig) -> list[str]:

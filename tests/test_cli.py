@@ -27,6 +27,7 @@ def test_command_line_reaches_the_config():
     (["--prototypes", "100"], "--prototypes: --method byol does not use it (only swav, dino do)"),
     (["--method", "mocov2", "--predictor-hidden-dim", "64"], "--predictor-hidden-dim: --method mocov2"),
     (["--method", "vicreg", "--teacher-temperature", "0.07"], "--teacher-temperature: --method vicreg"),
+    (["--temperature", "0.2"], "--temperature: --method byol uses it only in the appendix's contrastive term"),
 ])
 def test_an_option_the_method_would_ignore_is_refused_in_one_line(args, named, capsys):
     from byol.cli import main
@@ -39,7 +40,8 @@ def test_an_option_the_method_would_ignore_is_refused_in_one_line(args, named, c
 def test_options_the_method_takes_and_options_every_method_takes_are_accepted():
     for args in (["--method", "swav", "--queue-size", "256", "--prototypes", "100"],
                  ["--method", "simclr", "--clip-grad", "1.0", "--norm", "group-ws"],  # every method honours these
-                 ["--method", "mocov2", "--temperature", "0.5"]):
+                 ["--method", "mocov2", "--temperature", "0.5"],
+                 ["--negatives-beta", "0.5", "--temperature", "0.2"]):  # byol's contrastive ablation
         config_from_args(build_parser().parse_args(["train", "--preset", "smoke", *args]))
     # a preset's or file's values are not the user's request: only the command line is checked
     assert config_from_args(build_parser().parse_args(["train", "--preset", "ablate-cpu", "--method", "vicreg"]))
