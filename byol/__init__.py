@@ -33,6 +33,7 @@ _HOMES = {
     "BYOL": "model", "MLPHead": "model",
     "LARS": "optim", "lars_param_groups": "optim",
     "learning_rate": "schedules", "scaled_lr": "schedules", "target_tau": "schedules",
+    "training_step": "step", "GraphedStep": "graphs",
 }
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "VIEW2",
     "BYOLAugment",
     "BarlowTwins",
+    "GraphedStep",
     "Learner",
     "MLPHead",
     "MoCo",
@@ -74,6 +76,7 @@ __all__ = [
     "sinkhorn",
     "swav_loss",
     "target_tau",
+    "training_step",
     "vicreg_loss",
     "without",
 ]
@@ -96,6 +99,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names abo
     from .backbones import build_backbone
     from .collapse import effective_rank, embedding_std, is_collapsed
     from .export import export_encoder, load_encoder
+    from .graphs import GraphedStep
     from .learner import Learner, ViewOutputs
     from .loss import (
         barlow_twins_loss,
@@ -112,3 +116,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names abo
     from .model import BYOL, MLPHead
     from .optim import LARS, lars_param_groups
     from .schedules import learning_rate, scaled_lr, target_tau
+    from .step import training_step

@@ -1,8 +1,9 @@
 """The Trainer: everything a training step touches, built from a config.
 
-The step itself is `step.training_step` (both views, loss, update, target EMA), re-exported here. `Trainer` builds learner, augmentation,
-optimizer and monitors from a config, restores them from a checkpoint, runs steps on its schedule,
-and writes the one definition of what a checkpoint holds (`state_dict`).
+The step itself is `step.training_step` (both views, loss, update, target EMA; importable from here too).
+`Trainer` builds learner, augmentation, optimizer and monitors from a config, restores them from a
+checkpoint, runs steps on its schedule (eagerly, or replayed as a CUDA graph with --cuda-graphs), and
+writes the one definition of what a checkpoint holds (`state_dict`).
 
 Order that matters, kept by structure: `restore` must come before the first `step`, because the
 first step wraps the learner in DDP, whose first broadcast sends rank 0's weights to every rank.
