@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet
 
 from . import zoo
-from .conv import make_convs_safe_
-from .norm import check_norm, group_norm, weight_standardize_
+from .norm import check_norm
 
+# name → (torchvision's block, blocks per stage); resnets.py builds them. Importing torchvision takes over a
+# second (it loads torch._dynamo), so nothing here does until a ResNet is built: `byol --help` and option
+# checks do not wait for it.
 ARCHITECTURES = {
-    "resnet18": (resnet.BasicBlock, [2, 2, 2, 2]),
-    "resnet34": (resnet.BasicBlock, [3, 4, 6, 3]),
-    "resnet50": (resnet.Bottleneck, [3, 4, 6, 3]),
+    "resnet18": ("BasicBlock", [2, 2, 2, 2]),
+    "resnet34": ("BasicBlock", [3, 4, 6, 3]),
+    "resnet50": ("Bottleneck", [3, 4, 6, 3]),
 }
 
 # Images this small lose too much to a 7×7/2 conv plus max-pool; the CIFAR stem keeps them.
@@ -32,42 +33,6 @@ def resolve_stem(stem: str, image_size: int) -> str:
     if stem == "auto":
         return "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
     return stem
-
-
-class WideResNet(resnet.ResNet):
-    """torchvision's ResNet with every stage's channel count multiplied by `width`.
-
-    The output is the globally average-pooled feature vector (`fc` is an Identity); its size is
-    `feature_dim`.
-    """
-
-    def __init__(self, block, layers, width: float = 1.0, in_channels: int = 3, stem: str = "imagenet",
-                 norm: str = "batch"):
-        self._width = width
-        self._stem_width = max(int(round(64 * width)), 1)
-        self._first_layer = True
-        norm_layer = group_norm if norm == "group-ws" else nn.BatchNorm2d
-        super().__init__(block, layers, norm_layer=norm_layer)
-        if stem in ("cifar", "cifar-pool"):
-            self.conv1 = nn.Conv2d(in_channels, self._stem_width, 3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.MaxPool2d(2) if stem == "cifar-pool" else nn.Identity()
-        else:
-            self.conv1 = nn.Conv2d(in_channels, self._stem_width, 7, stride=2, padding=3, bias=False)
-        self.bn1 = norm_layer(self._stem_width)
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        if norm == "group-ws":
-            weight_standardize_(self)  # its convolutions avoid the crashing kernel themselves (conv.conv2d)
-        else:
-            make_convs_safe_(self)  # the downsampling shortcuts: byol/conv.py
-        self.feature_dim = max(int(round(512 * width)), 1) * block.expansion
-        self.fc = nn.Identity()
-
-    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
-        if self._first_layer:
-            # torchvision hard-codes the stem at 64 channels; the first stage must read ours.
-            self.inplanes = self._stem_width
-            self._first_layer = False
-        return super()._make_layer(block, max(int(round(planes * self._width)), 1), blocks, stride, dilate)
 
 
 def backbone_problem(name: str, width: float = 1.0, stem: str = "auto", norm: str = "batch") -> str | None:
@@ -97,9 +62,11 @@ def build_backbone(name: str, width: float = 1.0, image_size: int = 224, in_chan
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     check_norm(norm)
+    from .resnets import WideResNet, block_named
+
     block, layers = ARCHITECTURES[name]
-    return WideResNet(block, layers, width=width, in_channels=in_channels, stem=resolve_stem(stem, image_size),
-                      norm=norm)
+    return WideResNet(block_named(block), layers, width=width, in_channels=in_channels,
+                      stem=resolve_stem(stem, image_size), norm=norm)
 
 
 def count_parameters(module: nn.Module) -> int:

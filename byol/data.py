@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import datasets as torchvision_datasets
 
 from .errors import UserError
 from .folders import IMAGE_EXTENSIONS, DecodedCache, decode_or_reason, scan_images
@@ -178,6 +177,8 @@ def load_fashion_mnist(data: str | None, split: str, download: bool = True) -> I
 
 
 def load_cifar(name: str, data: str | None, split: str, download: bool = True) -> ImageDataset:
+    from torchvision import datasets as torchvision_datasets  # over a second to import: only for CIFAR
+
     root = Path(data) if data else cache_dir() / name
     cls = torchvision_datasets.CIFAR10 if name == "cifar10" else torchvision_datasets.CIFAR100
     try:

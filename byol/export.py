@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from torchvision import models
 
 from . import zoo
 from .backbones import ARCHITECTURES, build_backbone, resolve_stem
@@ -133,6 +132,8 @@ def _torchvision_resnet(info: EncoderInfo) -> nn.Module:
     if info.in_channels != 3:
         raise UserError(f"--format torchvision: torchvision's {info.backbone} takes 3-channel images and this encoder "
                         f"takes {info.in_channels}; --format timm (in_chans) or safetensors")
+    from torchvision import models  # over a second to import: only for this format
+
     return getattr(models, info.backbone)()
 
 

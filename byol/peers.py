@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from torchvision.transforms.functional import to_pil_image
 
 from .backbones import build_backbone
 from .device import autocast
@@ -61,6 +60,8 @@ def lightly_step(backbone: str, width: float, image_size: int, images: torch.Ten
     transform = BYOLTransform(BYOLView1Transform(input_size=image_size), BYOLView2Transform(input_size=image_size))
     criterion = NegativeCosineSimilarity()
     optimizer = torch.optim.SGD(online.parameters(), lr=0.06)
+    from torchvision.transforms.functional import to_pil_image
+
     pictures = [to_pil_image(image) for image in images.cpu()]  # its transforms take PIL images
 
     def predict(x):

@@ -20,7 +20,6 @@ import importlib.util
 import inspect
 
 from torch import nn
-from torchvision import models as torchvision_models
 
 PREFIXES = ("torchvision:", "timm:")
 MIN_PATCHES_PER_SIDE = 8
@@ -30,6 +29,8 @@ TORCHVISION_OPTIONS = {"googlenet": {"aux_logits": False, "init_weights": True},
 
 
 def torchvision_names() -> list[str]:
+    from torchvision import models as torchvision_models  # over a second to import: only when asked
+
     return torchvision_models.list_models(module=torchvision_models)
 
 
@@ -81,6 +82,8 @@ def original(name: str, image_size: int, in_channels: int) -> tuple[nn.Module, s
     weights this model loads with strict=True."""
     library, _, model = name.partition(":")
     if library == "torchvision":
+        from torchvision import models as torchvision_models
+
         options = {**TORCHVISION_OPTIONS.get(model, {})}
         try:  # ViTs need the image size for their position embeddings; other builders refuse the keyword
             built = torchvision_models.get_model(model, weights=None, image_size=image_size, **options)

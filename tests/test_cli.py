@@ -141,3 +141,16 @@ def test_every_option_of_every_command_says_its_default_in_help():
                 if "default" not in formatter._get_help_string(action):
                     missing.append(f"{name} {action.option_strings[0]}")
     assert not missing, missing
+
+
+def test_help_and_option_checks_do_not_import_torchvision():
+    """torchvision's import takes over a second (it loads torch._dynamo); `byol train --help` and the option
+    checks need none of it, so it loads only when a model or dataset is built (docs/performance.md)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, byol.cli, byol.config; byol.cli.build_parser(); "
+            "byol.config.resolve(overrides={'backbone': 'resnet50', 'width': 0.5}); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'timm')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
