@@ -8,6 +8,7 @@ collectives happen on every rank, and only rank 0 writes (RunDir and StepLogger 
 
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import time
@@ -39,8 +40,11 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
             runtime = Runtime.resolve(device, cfg.precision, cfg.channels_last)
             runtime.prepare()
             summary = fit(cfg, runtime, context, quiet)
-        # Every rank is done before any tears the group down: a gloo peer that leaves first can make one
-        # still connected abort on its way out (seen once in 2-rank runs stopped by --stop-after-steps).
+        # The run's objects go now, while the process group is alive: DDP holds the group, and a group
+        # destroyed only at the interpreter's exit can abort the process there ("terminate called without an
+        # active exception", seen in 2-rank runs stopped by --stop-after-steps). Then every rank is done
+        # before any tears the group down.
+        gc.collect()
         context.barrier()
         return summary
     finally:

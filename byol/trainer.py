@@ -12,6 +12,7 @@ first step wraps the learner in DDP, whose first broadcast sends rank 0's weight
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -180,14 +181,14 @@ class Trainer:
         --cuda-graphs the same step replayed as a CUDA graph (graphs.py)."""
         if self._run_step is None:
             model, runtime = self.model, self.runtime
+            # Neither holds the Trainer itself: a cycle through it would keep DDP, and with it the process
+            # group, alive until the interpreter's exit (see train.train).
             if self.cfg.cuda_graphs:
                 self._run_step = GraphedStep(model, self.augment, self.optimizer, self.scaler, runtime.memory_format,
                                              runtime.amp_dtype)
             else:
-                def eager(images: torch.Tensor, tau: float):
-                    return training_step(model, self.augment, self.optimizer, self.scaler, images, tau,
-                                         runtime.memory_format, runtime.amp_dtype)
-                self._run_step = eager
+                self._run_step = functools.partial(training_step, model, self.augment, self.optimizer, self.scaler,
+                                                   memory_format=runtime.memory_format, amp_dtype=runtime.amp_dtype)
         return self._run_step
 
     def restore(self, state: TrainingState, source: str) -> int:
