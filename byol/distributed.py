@@ -291,8 +291,7 @@ class SyncBatchNorm(_BatchNorm):
         mean = shifted_mean + shift
         if self.track_running_stats:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                momentum = self._count_batch()
                 self.running_mean.lerp_(mean.detach(), momentum)
                 self.running_var.lerp_((var * n / (n - 1).clamp_min(1)).detach(), momentum)
         y = (x.float() - mean.view(view)) * torch.rsqrt(var.view(view) + self.eps)
@@ -304,14 +303,17 @@ class SyncBatchNorm(_BatchNorm):
         return self.kernels == "fused" and x.is_cuda  # the fused kernels exist for CUDA only
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        momentum = 0.0
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            # momentum=None is a cumulative average; reading the count back is a host sync, as in torch's
-            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        return _FusedSyncBatchNorm.apply(x, self.weight, self.bias, self.running_mean if self.track_running_stats
-                                         else None, self.running_var if self.track_running_stats else None,
-                                         self.eps, momentum)
+        # without running statistics (running_mean and running_var are None) the kernels ignore the momentum
+        momentum = self._count_batch() if self.track_running_stats else 0.0
+        return _FusedSyncBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, self.eps,
+                                         momentum)
+
+    @torch.no_grad()
+    def _count_batch(self) -> float:
+        """Count this batch and return the running statistics' momentum: momentum=None is a cumulative
+        average, whose count read back is a host sync (as in torch's batch norm)."""
+        self.num_batches_tracked.add_(1)
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
 
 
 class SyncBatchNormAct(SyncBatchNorm):
@@ -328,9 +330,9 @@ PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def convert_sync_batchnorm(module: nn.Module, device: torch.device, implementation: str = "byol") -> nn.Module:
     """Every batch norm in `module` synchronized across ranks: ours (any device, no host sync), ours with
     torch's fused CUDA kernels (`implementation="fused"`, CUDA tensors; no host sync either), or torch's
-    SyncBatchNorm (`implementation="torch"`, CUDA only, one host sync per call). timm's batch norm + activation layers keep
-    their activation (ours, either way); other subclasses of batch norm, whose forward we cannot know,
-    stay per process and are counted in a warning."""
+    SyncBatchNorm (`implementation="torch"`, CUDA only, one host sync per call). timm's batch norm +
+    activation layers keep their activation (ours, either way); other subclasses of batch norm, whose
+    forward we cannot know, stay per process and are counted in a warning."""
     if implementation not in ("byol", "fused", "torch"):
         raise ValueError(f"unknown SyncBatchNorm implementation '{implementation}'")
     if implementation == "torch" and device.type != "cuda":

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .distributed import unwrap
-from .step import apply_gradients, forward_backward
+from .step import apply_gradients, forward_backward, training_step
 
 
 def graph_key(learner: torch.nn.Module):
@@ -41,7 +41,8 @@ class GraphedStep:
 
     The first `warmup_steps` calls run the step eagerly on a side stream: cuDNN's algorithm search, optimizer
     state, lazy initialisation and a compiled learner's compilation all happen there, as capture requires.
-    The next call captures, and every call from then on replays. `loss` and `outputs` are the graph's own tensors: read them before the next call.
+    The next call captures, and every call from then on replays. `loss` and `outputs` are the graph's own
+    tensors: read them before the next call.
     """
 
     WARMUP_STEPS = 3  # torch's documentation warms up with three; DDP would need eleven
@@ -60,7 +61,11 @@ class GraphedStep:
     def __call__(self, images: torch.Tensor, tau: float):
         if self.warmup_left:
             self.warmup_left -= 1
-            return self._on_side_stream(lambda: self._eager_step(images, tau))
+            # autocast as in the capture: torch.compile guards on its state, and a compiled learner must not
+            # recompile inside the capture
+            return self._on_side_stream(lambda: training_step(self.learner, self.augment, self.optimizer, self.scaler,
+                                                              images, tau, self.memory_format, self.amp_dtype,
+                                                              autocast_cache=False))
         key = graph_key(self.learner)
         if self.graph is None or key != self._key or images.shape != self._images.shape:
             self._capture(images, key)
@@ -70,15 +75,6 @@ class GraphedStep:
         self.graph.replay()
         apply_gradients(self.learner, self.optimizer, self.scaler, tau)
         return self._loss, self._outputs
-
-    def _eager_step(self, images: torch.Tensor, tau: float):
-        # training_step, with autocast set as in the capture: torch.compile guards on autocast's state, and a
-        # compiled learner must not recompile inside the capture
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, outputs = forward_backward(self.learner, self.augment, self.scaler, images, self.memory_format,
-                                         self.amp_dtype, autocast_cache=False)
-        apply_gradients(self.learner, self.optimizer, self.scaler, tau)
-        return loss, outputs
 
     @staticmethod
     def _on_side_stream(fn):

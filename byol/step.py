@@ -15,16 +15,18 @@ from .distributed import unwrap
 
 def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, images: torch.Tensor, tau: float,
-                  memory_format: torch.memory_format = torch.contiguous_format, amp_dtype: torch.dtype | None = None):
+                  memory_format: torch.memory_format = torch.contiguous_format, amp_dtype: torch.dtype | None = None,
+                  autocast_cache: bool = True):
     """One step on a batch already on the device: the views, loss, update, target EMA.
 
     `learner` may be wrapped in DistributedDataParallel (gradients averaged over ranks). Between backward
     and the optimizer step the learner may change gradients (`before_optimizer_step`: freezing, clipping),
     after fp16's scaler has unscaled them. Returns the loss and the learner's ViewOutputs, both still on
-    the device. `graphs.GraphedStep` runs the same two halves, the first replayed as a CUDA graph.
+    the device. `graphs.GraphedStep` runs the same two halves, the first replayed as a CUDA graph, and
+    warms up with this function with `autocast_cache=False`, as its capture runs.
     """
     optimizer.zero_grad(set_to_none=True)
-    loss, outputs = forward_backward(learner, augment, scaler, images, memory_format, amp_dtype)
+    loss, outputs = forward_backward(learner, augment, scaler, images, memory_format, amp_dtype, autocast_cache)
     apply_gradients(learner, optimizer, scaler, tau)
     return loss, outputs
 
