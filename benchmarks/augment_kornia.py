@@ -59,8 +59,9 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-    images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8,
-                           device=device)
+    images = torch.randint(
+        0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8, device=device
+    )
     ours = BYOLAugment(args.image_size, mean, std).to(device)
     view1 = kornia_pipeline(args.image_size, VIEW1, mean, std).to(device)
     view2 = kornia_pipeline(args.image_size, VIEW2, mean, std).to(device)
@@ -72,9 +73,19 @@ def main():
     with torch.no_grad():
         ours_s = timed(lambda: ours(images), device, args.repeats)
         kornia_s = timed(theirs, device, args.repeats)
-    print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-                      "image_size": args.image_size, "ours_ms": 1000 * ours_s, "kornia_ms": 1000 * kornia_s,
-                      "kornia_over_ours": kornia_s / ours_s}))
+    print(
+        json.dumps(
+            {
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "batch_size": args.batch_size,
+                "image_size": args.image_size,
+                "ours_ms": 1000 * ours_s,
+                "kornia_ms": 1000 * kornia_s,
+                "kornia_over_ours": kornia_s / ours_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ def main() -> None:
                 pipeline.view1(images), pipeline.view2(images)
             else:
                 pipeline(images)
-        print(f"{channels} channel{'s' if channels > 1 else ''}: {counter.count} operations per call "
-              f"({'each view alone' if args.views_alone else 'both views in one batch'})")
+        print(
+            f"{channels} channel{'s' if channels > 1 else ''}: {counter.count} operations per call "
+            f"({'each view alone' if args.views_alone else 'both views in one batch'})"
+        )
 
 
 if __name__ == "__main__":

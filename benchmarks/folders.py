@@ -55,8 +55,10 @@ def scan(args) -> None:
             folder = root / f"class{i % 1000:04d}"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{i:07d}.jpg").touch()
-    for name, run in (("scan_images", lambda: scan_images(root)),
-                      ("load_folder (scan + labels)", lambda: load_folder(str(root), "train", 224))):
+    for name, run in (
+        ("scan_images", lambda: scan_images(root)),
+        ("load_folder (scan + labels)", lambda: load_folder(str(root), "train", 224)),
+    ):
         started = time.perf_counter()
         result = run()
         seconds = time.perf_counter() - started
@@ -78,7 +80,9 @@ def decode(args) -> None:
             started = time.perf_counter()
             for path in paths:
                 decode_image(path, 256)
-            rows.append((label + (" (draft)" if draft else " (full decode)"), len(paths) / (time.perf_counter() - started)))
+            rows.append(
+                (label + (" (draft)" if draft else " (full decode)"), len(paths) / (time.perf_counter() - started))
+            )
     JpegImagePlugin.JpegImageFile.draft = real_draft
     cache = DecodedCache(root / "cache", photos, 256)
     for index, path in enumerate(photos):
@@ -119,9 +123,26 @@ def eval_memory(args) -> None:
         data = root / f"n{size}"
         make_jpegs(data / "train", size, 160, 120, classes=10)
         make_jpegs(data / "test", max(size // 10, 10), 160, 120, classes=10, seed=1)
-        command = [sys.executable, "-c", MEASURED_EVAL, "eval", "--checkpoint", str(root / "encoder.safetensors"),
-                   "--dataset", "folder", "--data", str(data), "--device", "cpu", "--json", "--out", str(data / "eval"),
-                   "--workers", str(args.workers), *(["--no-baselines"] if args.no_baselines else [])]
+        command = [
+            sys.executable,
+            "-c",
+            MEASURED_EVAL,
+            "eval",
+            "--checkpoint",
+            str(root / "encoder.safetensors"),
+            "--dataset",
+            "folder",
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+            "--json",
+            "--out",
+            str(data / "eval"),
+            "--workers",
+            str(args.workers),
+            *(["--no-baselines"] if args.no_baselines else []),
+        ]
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode:
@@ -131,9 +152,11 @@ def eval_memory(args) -> None:
         peak = json.loads(next(line[4:] for line in result.stderr.splitlines() if line.startswith("RSS ")))
         images = report["train_images"] + report["test_images"]
         per_image = 4 * (encoder.feature_dim + (0 if args.no_baselines else encoder.feature_dim + 3 * 32 * 32))
-        print(f"| {size} + {size // 10} | {peak['main_mb']:,.0f} MB | {peak['largest_worker_mb']:,.0f} MB | "
-              f"{images * per_image / 2**20:,.0f} MB | {images * 3 * side * side / 2**20:,.0f} MB | "
-              f"{time.perf_counter() - started:.0f} s | {report['knn_top1']:.1f} |")
+        print(
+            f"| {size} + {size // 10} | {peak['main_mb']:,.0f} MB | {peak['largest_worker_mb']:,.0f} MB | "
+            f"{images * per_image / 2**20:,.0f} MB | {images * 3 * side * side / 2**20:,.0f} MB | "
+            f"{time.perf_counter() - started:.0f} s | {report['knn_top1']:.1f} |"
+        )
 
 
 def main() -> None:

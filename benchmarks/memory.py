@@ -35,8 +35,14 @@ from byol.trainer import build_learner
 RECIPES = {  # the options of each docs/imagenet.md command that change memory
     "byol-resnet50": {"method": "byol", "backbone": "resnet50", "optimizer": "lars"},
     "byol-vit-s16": {"method": "byol", "backbone": "timm:vit_small_patch16_224", "optimizer": "adamw"},
-    "dino-vit-s16": {"method": "dino", "backbone": "timm:vit_small_patch16_224", "optimizer": "adamw",
-                     "local_crops": 8, "local_size": 96, "prototypes": 65536},
+    "dino-vit-s16": {
+        "method": "dino",
+        "backbone": "timm:vit_small_patch16_224",
+        "optimizer": "adamw",
+        "local_crops": 8,
+        "local_size": 96,
+        "prototypes": 65536,
+    },
 }
 OPTIMIZER_STATES = {"lars": 1, "sgd": 1, "adamw": 2}  # fp32 tensors kept per trainable parameter
 
@@ -49,8 +55,10 @@ def saved_bytes_per_image(learner: torch.nn.Module, views: list[torch.Tensor], d
         seen[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-            torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+        torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None),
+    ):
         loss = learner(*views)
     del loss
     return sum(seen.values()) / len(views[0])
@@ -70,10 +78,17 @@ def estimate(recipe: str, batch: int, image_size: int, precision: str) -> dict:
     frozen = sum(p.numel() for p in learner.parameters() if not p.requires_grad)  # the target network
     buffers = sum(b.numel() * b.element_size() for b in learner.buffers())
     fixed = 4 * trainable * (2 + OPTIMIZER_STATES[cfg.optimizer]) + 4 * frozen + buffers
-    return {"recipe": recipe, "precision": precision, "image_size": image_size, "local_crops": cfg.local_crops,
-            "trainable_params_M": round(trainable / 1e6, 1), "target_params_M": round(frozen / 1e6, 1),
-            "fixed_GB": round(fixed / 1e9, 2), "per_image_MB": round(per_image / 1e6, 1),
-            "measured_with_batch": batch}
+    return {
+        "recipe": recipe,
+        "precision": precision,
+        "image_size": image_size,
+        "local_crops": cfg.local_crops,
+        "trainable_params_M": round(trainable / 1e6, 1),
+        "target_params_M": round(frozen / 1e6, 1),
+        "fixed_GB": round(fixed / 1e9, 2),
+        "per_image_MB": round(per_image / 1e6, 1),
+        "measured_with_batch": batch,
+    }
 
 
 def main() -> None:
@@ -91,13 +106,18 @@ def main() -> None:
         return
     batches = [int(b) for b in args.per_gpu.split(",")]
     print(f"torch {torch.__version__}, {platform.machine()}, estimated on the CPU (benchmarks/memory.py)\n")
-    print("| recipe | precision | trainable / target params | fixed | per image | "
-          + " | ".join(f"total at {b}/GPU" for b in batches) + " |")
+    print(
+        "| recipe | precision | trainable / target params | fixed | per image | "
+        + " | ".join(f"total at {b}/GPU" for b in batches)
+        + " |"
+    )
     print("|---|---|---|---|---|" + "---|" * len(batches))
     for r in results:
         totals = " | ".join(f"{r['fixed_GB'] + r['per_image_MB'] * b / 1e3:.1f} GB" for b in batches)
-        print(f"| {r['recipe']} | {r['precision']} | {r['trainable_params_M']} M / {r['target_params_M']} M | "
-              f"{r['fixed_GB']} GB | {r['per_image_MB']} MB | {totals} |")
+        print(
+            f"| {r['recipe']} | {r['precision']} | {r['trainable_params_M']} M / {r['target_params_M']} M | "
+            f"{r['fixed_GB']} GB | {r['per_image_MB']} MB | {totals} |"
+        )
 
 
 if __name__ == "__main__":

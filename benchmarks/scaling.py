@@ -28,13 +28,34 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for size in args.image_sizes.split(","):
         for batch in args.batch_sizes.split(","):
-            command = [sys.executable, "-m", "byol", "bench", "--json", "--device", args.device, "--backbone",
-                       args.backbone, "--width", args.width, "--image-size", size, "--batch-size", batch,
-                       "--steps", args.steps, "--warmup", "2"]
+            command = [
+                sys.executable,
+                "-m",
+                "byol",
+                "bench",
+                "--json",
+                "--device",
+                args.device,
+                "--backbone",
+                args.backbone,
+                "--width",
+                args.width,
+                "--image-size",
+                size,
+                "--batch-size",
+                batch,
+                "--steps",
+                args.steps,
+                "--warmup",
+                "2",
+            ]
             r = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
             memory = r.get("peak_cuda_memory_mb", r.get("peak_rss_mb"))
-            print(f"| {size} | {batch} | {r['ms_per_step']:.1f} | {r['images_per_s']:.1f} | "
-                  f"{r['flops_per_image'] / 1e9:.2f} | {100 * r['utilization']:.1f}% | {memory:.0f} |", flush=True)
+            print(
+                f"| {size} | {batch} | {r['ms_per_step']:.1f} | {r['images_per_s']:.1f} | "
+                f"{r['flops_per_image'] / 1e9:.2f} | {100 * r['utilization']:.1f}% | {memory:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

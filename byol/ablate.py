@@ -60,18 +60,34 @@ def paper_suite(base: TrainConfig) -> list[Variant]:
         for batch in (small, smaller):
             variants.append(Variant(f"{method}-batch-{batch}", "batch size", {"method": method, "batch_size": batch}))
     for method in ("byol", "simclr"):
-        for removed, paper in (("color", ("71.8", "63.7")), ("color,grayscale", ("63.4", "45.7")),
-                               ("all-but-crop", ("59.4", "40.3"))):
-            variants.append(Variant(f"{method}-no-{removed.replace(',', '-')}", "augmentations",
-                                    {"method": method, "aug_remove": removed}, paper[method == "simclr"]))
+        for removed, paper in (
+            ("color", ("71.8", "63.7")),
+            ("color,grayscale", ("63.4", "45.7")),
+            ("all-but-crop", ("59.4", "40.3")),
+        ):
+            variants.append(
+                Variant(
+                    f"{method}-no-{removed.replace(',', '-')}",
+                    "augmentations",
+                    {"method": method, "aug_remove": removed},
+                    paper[method == "simclr"],
+                )
+            )
     return variants
 
 
 # The seed document's ImageNet top-1 (ResNet-50 linear; DINO's 77.0 is its ViT figure, the RN50 release is
 # 75.3) and solo-learn's CIFAR-10 ResNet-18 1000-epoch linear top-1: references beside our rows, not ours.
-METHOD_REFERENCES = {"byol": ("74.3", "92.58"), "simclr": ("69.3", "–"), "simsiam": ("–", "–"),
-                     "mocov2": ("71.1", "92.94"), "swav": ("75.3", "89.17"), "dino": ("77.0", "89.52"),
-                     "barlowtwins": ("73.2", "92.10"), "vicreg": ("–", "92.07")}
+METHOD_REFERENCES = {
+    "byol": ("74.3", "92.58"),
+    "simclr": ("69.3", "–"),
+    "simsiam": ("–", "–"),
+    "mocov2": ("71.1", "92.94"),
+    "swav": ("75.3", "89.17"),
+    "dino": ("77.0", "89.52"),
+    "barlowtwins": ("73.2", "92.10"),
+    "vicreg": ("–", "92.07"),
+}
 
 
 def methods_suite(base: TrainConfig) -> list[Variant]:
@@ -84,18 +100,41 @@ def methods_suite(base: TrainConfig) -> list[Variant]:
         "simclr": {},
         "simsiam": {},
         "mocov2": dict(queue_size=16 * base.batch_size, temperature=0.2),
-        "swav": dict(prototypes=3000, temperature=0.1, sinkhorn_epsilon=0.03, freeze_head_epochs=1,
-                     crop_min_scale=0.14, local_crops=6, local_crop_scale=(0.05, 0.14)),
-        "dino": dict(prototypes=4096, temperature=0.1, teacher_temperature=0.07, teacher_temperature_start=0.07,
-                     clip_grad=3.0, freeze_head_epochs=0.1, crop_min_scale=0.14, local_crops=6,
-                     local_crop_scale=(0.05, 0.14)),
+        "swav": dict(
+            prototypes=3000,
+            temperature=0.1,
+            sinkhorn_epsilon=0.03,
+            freeze_head_epochs=1,
+            crop_min_scale=0.14,
+            local_crops=6,
+            local_crop_scale=(0.05, 0.14),
+        ),
+        "dino": dict(
+            prototypes=4096,
+            temperature=0.1,
+            teacher_temperature=0.07,
+            teacher_temperature_start=0.07,
+            clip_grad=3.0,
+            freeze_head_epochs=0.1,
+            crop_min_scale=0.14,
+            local_crops=6,
+            local_crop_scale=(0.05, 0.14),
+        ),
         "barlowtwins": dict(projection_dim=wide, projector_hidden_dim=wide, lambda_offdiag=0.0051),
         "vicreg": dict(projection_dim=wide, projector_hidden_dim=wide),
     }
-    return [Variant(method, "method", {"method": method, **options},
-                    references={"seed ImageNet": METHOD_REFERENCES[method][0],
-                                "solo-learn CIFAR-10": METHOD_REFERENCES[method][1]})
-            for method, options in own.items()]
+    return [
+        Variant(
+            method,
+            "method",
+            {"method": method, **options},
+            references={
+                "seed ImageNet": METHOD_REFERENCES[method][0],
+                "solo-learn CIFAR-10": METHOD_REFERENCES[method][1],
+            },
+        )
+        for method, options in own.items()
+    ]
 
 
 @dataclass(frozen=True)
@@ -107,12 +146,20 @@ class Suite:
 
 
 SUITES = {
-    "paper": Suite(paper_suite, "ablations", ("paper",), "`paper` is the paper's ImageNet top-1 (300 epochs) for the "
-                   "same change, for the pattern, not the value."),
-    "methods": Suite(methods_suite, "methods", ("seed ImageNet", "solo-learn CIFAR-10"),
-                     "`seed ImageNet` is the ImageNet top-1 the project's seed document gives for the method and "
-                     "`solo-learn CIFAR-10` solo-learn's CIFAR-10 ResNet-18 linear top-1 (1000 epochs): published "
-                     "references at other scales, not ours."),
+    "paper": Suite(
+        paper_suite,
+        "ablations",
+        ("paper",),
+        "`paper` is the paper's ImageNet top-1 (300 epochs) for the same change, for the pattern, not the value.",
+    ),
+    "methods": Suite(
+        methods_suite,
+        "methods",
+        ("seed ImageNet", "solo-learn CIFAR-10"),
+        "`seed ImageNet` is the ImageNet top-1 the project's seed document gives for the method and "
+        "`solo-learn CIFAR-10` solo-learn's CIFAR-10 ResNet-18 linear top-1 (1000 epochs): published "
+        "references at other scales, not ours.",
+    ),
 }
 
 
@@ -149,17 +196,36 @@ def run_variant(variant: Variant, base: TrainConfig, run: RunDir, preset: str) -
     cfg = merge(base, {**variant.overrides, "out": str(run.path), "resume": True}, f"variant {variant.name}")
     cfg.validate()
     started = time.perf_counter()
-    result = {"name": variant.name, "group": variant.group, "method": cfg.method, "overrides": variant.overrides,
-              "paper_top1": variant.paper, "references": {**variant.references, "paper": variant.paper}}
+    result = {
+        "name": variant.name,
+        "group": variant.group,
+        "method": cfg.method,
+        "overrides": variant.overrides,
+        "paper_top1": variant.paper,
+        "references": {**variant.references, "paper": variant.paper},
+    }
     try:
         summary = train(cfg, quiet=True)
-        report = evaluate_encoder(str(run.encoder), ["knn", "linear"], cfg.dataset, cfg.data, cfg.device,
-                                  baselines=False, linear_epochs=base_linear_epochs(preset), quiet=True)
+        report = evaluate_encoder(
+            str(run.encoder),
+            ["knn", "linear"],
+            cfg.dataset,
+            cfg.data,
+            cfg.device,
+            baselines=False,
+            linear_epochs=base_linear_epochs(preset),
+            quiet=True,
+        )
         last = run.last_metrics_with("embedding_std")
-        result.update(knn_top1=report["knn_top1"], linear_top1=report["linear_top1"],
-                      embedding_std=last.get("embedding_std"), effective_rank=last.get("effective_rank"),
-                      projection_dim=last.get("embedding_dim", cfg.projection_dim),
-                      images_per_s=summary.get("images_per_s"), train_s=summary.get("wall_s"))
+        result.update(
+            knn_top1=report["knn_top1"],
+            linear_top1=report["linear_top1"],
+            embedding_std=last.get("embedding_std"),
+            effective_rank=last.get("effective_rank"),
+            projection_dim=last.get("embedding_dim", cfg.projection_dim),
+            images_per_s=summary.get("images_per_s"),
+            train_s=summary.get("wall_s"),
+        )
     except UserError as error:
         # A variant that diverges is a result too (the paper's collapsed rows); record it, go on.
         result["error"] = str(error)
@@ -177,10 +243,20 @@ def reference_scores(out_dir: Path, first: Variant, base: TrainConfig, preset: s
     if not encoder.exists():
         return {}
     log.info("reference rows: random-init encoder and raw pixels")
-    report = evaluate_encoder(str(encoder), ["knn", "linear"], base.dataset, base.data, base.device, baselines=True,
-                              linear_epochs=base_linear_epochs(preset), quiet=True)
-    reference = {k: report[k] for k in ("random_init_knn_top1", "random_init_linear_top1", "raw_pixel_knn_top1",
-                                        "raw_pixel_linear_top1")}
+    report = evaluate_encoder(
+        str(encoder),
+        ["knn", "linear"],
+        base.dataset,
+        base.data,
+        base.device,
+        baselines=True,
+        linear_epochs=base_linear_epochs(preset),
+        quiet=True,
+    )
+    reference = {
+        k: report[k]
+        for k in ("random_init_knn_top1", "random_init_linear_top1", "raw_pixel_knn_top1", "raw_pixel_linear_top1")
+    }
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(reference, indent=2) + "\n"))
     return reference
 
@@ -196,8 +272,10 @@ def _number(value, digits: int = 2) -> str:
 def summary_line(result: dict) -> str:
     if "error" in result:
         return f"failed: {result['error']}"
-    return (f"kNN {result['knn_top1']:.2f}  linear {result['linear_top1']:.2f}  embedding_std×√d "
-            f"{std_ratio(result):.3f}  effective_rank {result['effective_rank']:.1f}  ({result['wall_s']:.0f} s)")
+    return (
+        f"kNN {result['knn_top1']:.2f}  linear {result['linear_top1']:.2f}  embedding_std×√d "
+        f"{std_ratio(result):.3f}  effective_rank {result['effective_rank']:.1f}  ({result['wall_s']:.0f} s)"
+    )
 
 
 def std_ratio(result: dict) -> float | None:
@@ -213,12 +291,24 @@ def collapsed(result: dict) -> bool:
     return is_collapsed(result, result["projection_dim"])
 
 
-def write_outputs(out_dir: Path, results: list[dict], suite: str, preset: str, base: TrainConfig,
-                  reference: dict | None = None) -> None:
+def write_outputs(
+    out_dir: Path, results: list[dict], suite: str, preset: str, base: TrainConfig, reference: dict | None = None
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = SUITES[suite]
-    columns = ["group", "variant", "method", "kNN top-1", "linear top-1", "images/s", "wall (min)",
-               "embedding_std×√d", "effective rank", "collapsed", *spec.references]
+    columns = [
+        "group",
+        "variant",
+        "method",
+        "kNN top-1",
+        "linear top-1",
+        "images/s",
+        "wall (min)",
+        "embedding_std×√d",
+        "effective rank",
+        "collapsed",
+        *spec.references,
+    ]
     lines = [
         f"# `byol ablate --suite {suite}`, preset `{preset}`",
         "",
@@ -235,10 +325,14 @@ def write_outputs(out_dir: Path, results: list[dict], suite: str, preset: str, b
     lines += [_row(r, spec.references) for r in results]
     if reference:
         blank = " |" * (len(columns) - 5)
-        lines.append(f"| reference | random-init encoder | – | {_number(reference['random_init_knn_top1'])} | "
-                     f"{_number(reference['random_init_linear_top1'])} |{blank}")
-        lines.append(f"| reference | raw pixels | – | {_number(reference['raw_pixel_knn_top1'])} | "
-                     f"{_number(reference['raw_pixel_linear_top1'])} |{blank}")
+        lines.append(
+            f"| reference | random-init encoder | – | {_number(reference['random_init_knn_top1'])} | "
+            f"{_number(reference['random_init_linear_top1'])} |{blank}"
+        )
+        lines.append(
+            f"| reference | raw pixels | – | {_number(reference['raw_pixel_knn_top1'])} | "
+            f"{_number(reference['raw_pixel_linear_top1'])} |{blank}"
+        )
     total = sum(r.get("wall_s", 0) for r in results)
     lines += ["", f"{len(results)} variants, {total / 60:.1f} min of training and evaluation."]
     atomic_write(out_dir / f"{spec.output}.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
@@ -246,14 +340,23 @@ def write_outputs(out_dir: Path, results: list[dict], suite: str, preset: str, b
 
 
 def _row(r: dict, reference_columns: tuple[str, ...]) -> str:
-    references = [r.get("references", {}).get(name, r.get("paper_top1", "–") if name == "paper" else "–")
-                  for name in reference_columns]
+    references = [
+        r.get("references", {}).get(name, r.get("paper_top1", "–") if name == "paper" else "–")
+        for name in reference_columns
+    ]
     head = f"| {r['group']} | {r['name']} | {r['method']} |"
     if "error" in r:
         return head + f" failed: {r['error']} |" + " |" * 6 + "".join(f" {x} |" for x in references)
-    cells = [_number(r["knn_top1"]), _number(r["linear_top1"]), _number(r.get("images_per_s"), 0),
-             _number(r["wall_s"] / 60 if r.get("wall_s") else None, 1), _number(std_ratio(r), 3),
-             _number(r["effective_rank"], 1), "yes" if collapsed(r) else "no", *references]
+    cells = [
+        _number(r["knn_top1"]),
+        _number(r["linear_top1"]),
+        _number(r.get("images_per_s"), 0),
+        _number(r["wall_s"] / 60 if r.get("wall_s") else None, 1),
+        _number(std_ratio(r), 3),
+        _number(r["effective_rank"], 1),
+        "yes" if collapsed(r) else "no",
+        *references,
+    ]
     return head + "".join(f" {c} |" for c in cells)
 
 
@@ -269,8 +372,14 @@ def write_png(path: Path, results: list[dict]) -> None:
     bars = ax.barh(names, [r["linear_top1"] for r in done][::-1], color=[colours[r["group"]] for r in done][::-1])
     for bar, r in zip(bars, done[::-1]):
         if collapsed(r):
-            ax.text(bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, "collapsed", va="center", fontsize=7,
-                    color="red")
+            ax.text(
+                bar.get_width() + 0.5,
+                bar.get_y() + bar.get_height() / 2,
+                "collapsed",
+                va="center",
+                fontsize=7,
+                color="red",
+            )
     ax.set_xlabel("linear top-1 (%)")
     ax.legend([plt.Rectangle((0, 0), 1, 1, color=colours[g]) for g in groups], groups, fontsize=7, loc="lower right")
     ax.grid(axis="x", alpha=0.3)

@@ -187,7 +187,7 @@ def to_grayscale(x: torch.Tensor) -> torch.Tensor:
     return (x * _gray_weights(x.device, x.dtype)).sum(dim=1, keepdim=True).expand_as(x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gray_weights(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # Made once per device: a tensor built from Python numbers is a host-to-device copy, which made the
     # host wait for the GPU twice a step (measured on an H100 by benchmarks/gpu_check.sh).
@@ -276,6 +276,7 @@ class ViewDraws(NamedTuple):
 def draw_view(batch: int, channels: int, height: int, width: int, cfg: ViewConfig, device) -> ViewDraws:
     """Every random number of one view, from torch's generator on `device`, always in this order (a run's
     augmentations, and a resumed run's, depend on it)."""
+
     def uniform(low: float, high: float) -> torch.Tensor:
         return torch.empty(batch, device=device).uniform_(low, high)
 
@@ -295,8 +296,9 @@ def draw_view(batch: int, channels: int, height: int, width: int, cfg: ViewConfi
     blur = happens(cfg.blur_prob)
     sigma = uniform(*cfg.blur_sigma)
     solarize = happens(cfg.solarize_prob)
-    return ViewDraws(boxes, flip, jitter, brightness, contrast, saturation, hue, order, grayscale, blur, sigma,
-                     solarize)
+    return ViewDraws(
+        boxes, flip, jitter, brightness, contrast, saturation, hue, order, grayscale, blur, sigma, solarize
+    )
 
 
 def apply_view(x: torch.Tensor, draws: ViewDraws, out_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -336,8 +338,13 @@ class ViewAugment(torch.nn.Module):
         draws = self.draw(x)
         out = self.apply(x, draws)
         if return_params:
-            params = dict(flip=draws.flip, jitter=draws.jitter, grayscale=draws.grayscale, blur=draws.blur,
-                          solarize=draws.solarize)
+            params = dict(
+                flip=draws.flip,
+                jitter=draws.jitter,
+                grayscale=draws.grayscale,
+                blur=draws.blur,
+                solarize=draws.solarize,
+            )
             return out, params
         return out
 
@@ -392,8 +399,17 @@ class MultiCropAugment(torch.nn.Module):
     The global views may be BYOLAugment's; every local crop is drawn with `local_view` at `local_size`
     pixels. SwAV and DINO run same-sized crops through the encoder together."""
 
-    def __init__(self, image_size: int, mean, std, local_crops: int, local_size: int, view1: ViewConfig = VIEW1,
-                 view2: ViewConfig = VIEW2, local_view: ViewConfig = LOCAL_VIEW):
+    def __init__(
+        self,
+        image_size: int,
+        mean,
+        std,
+        local_crops: int,
+        local_size: int,
+        view1: ViewConfig = VIEW1,
+        view2: ViewConfig = VIEW2,
+        local_view: ViewConfig = LOCAL_VIEW,
+    ):
         super().__init__()
         self.globals = BYOLAugment(image_size, mean, std, view1, view2)
         self.locals = torch.nn.ModuleList(ViewAugment(local_size, mean, std, local_view) for _ in range(local_crops))

@@ -42,13 +42,13 @@ def backbone_problem(name: str, width: float = 1.0, stem: str = "auto", norm: st
             return "--norm group-ws applies to the resnet18/34/50 backbones; a library's model keeps its own norms"
         return zoo.problem(name)
     if name not in ARCHITECTURES:
-        return (f"unknown backbone '{name}'; choose one of {', '.join(ARCHITECTURES)}, torchvision:NAME or "
-                "timm:NAME")
+        return f"unknown backbone '{name}'; choose one of {', '.join(ARCHITECTURES)}, torchvision:NAME or timm:NAME"
     return None
 
 
-def build_backbone(name: str, width: float = 1.0, image_size: int = 224, in_channels: int = 3,
-                   stem: str = "auto", norm: str = "batch") -> nn.Module:
+def build_backbone(
+    name: str, width: float = 1.0, image_size: int = 224, in_channels: int = 3, stem: str = "auto", norm: str = "batch"
+) -> nn.Module:
     """An encoder by name. A ResNet's stem `auto` is the CIFAR stem for images of at most 64 px, else
     ImageNet's; `torchvision:NAME` and `timm:NAME` are those libraries' models without their heads, built as
     they are (`width` and `stem` are the ResNets' and ignored for them)."""
@@ -65,8 +65,9 @@ def build_backbone(name: str, width: float = 1.0, image_size: int = 224, in_chan
     from .resnets import WideResNet, block_named
 
     block, layers = ARCHITECTURES[name]
-    return WideResNet(block_named(block), layers, width=width, in_channels=in_channels,
-                      stem=resolve_stem(stem, image_size), norm=norm)
+    return WideResNet(
+        block_named(block), layers, width=width, in_channels=in_channels, stem=resolve_stem(stem, image_size), norm=norm
+    )
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -75,8 +76,9 @@ def count_parameters(module: nn.Module) -> int:
 
 def feature_size(backbone: nn.Module, input_shape: tuple[int, int, int] | None = None) -> int:
     """The size D of the (B, D) features `backbone` returns: what it declares (`feature_dim`, or timm's
-    `num_features` when `num_classes=0`), else a dry run on `input_shape`, on the size the backbone declares (a ViT's), or on
-    64×64 images with its first convolution's channels. A ValueError says what to pass when none works."""
+    `num_features` when `num_classes=0`), else a dry run on `input_shape`, on the size the backbone declares
+    (a ViT's), or on 64×64 images with its first convolution's channels. A ValueError says what to pass when
+    none works."""
     declared = getattr(backbone, "feature_dim", None)
     if declared is None and getattr(backbone, "num_classes", None) == 0:  # a timm model without its head
         declared = getattr(backbone, "num_features", None)
@@ -86,9 +88,11 @@ def feature_size(backbone: nn.Module, input_shape: tuple[int, int, int] | None =
     try:
         return infer_feature_dim(backbone, shape)
     except (RuntimeError, AssertionError, TypeError) as error:  # a fixed-size model refusing 64×64, say
-        raise ValueError(f"could not find the backbone's feature size by a dry run on {shape} images "
-                         f"({str(error).splitlines()[0][:120]}): pass feature_dim=D, or input_shape=(C, H, W) "
-                         "of the images it takes") from None
+        raise ValueError(
+            f"could not find the backbone's feature size by a dry run on {shape} images "
+            f"({str(error).splitlines()[0][:120]}): pass feature_dim=D, or input_shape=(C, H, W) "
+            "of the images it takes"
+        ) from None
 
 
 @torch.no_grad()

@@ -89,8 +89,12 @@ def peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 2.0) -
         w = torch.randn(channels, channels, 3, 3, device=device, generator=generator).to(dtype)
         x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
         flops = 2 * batch * channels * channels * 9 * side * side
-        candidates.append((best_rate(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), flops, device,
-                                     seconds / 4), f"conv3x3 {channels}ch {side}px"))
+        candidates.append(
+            (
+                best_rate(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), flops, device, seconds / 4),
+                f"conv3x3 {channels}ch {side}px",
+            )
+        )
     return max(candidates)
 
 
@@ -106,8 +110,16 @@ def random_images(batch_size: int, channels: int, image_size: int, device: torch
     return torch.randint(0, 256, (batch_size, channels, image_size, image_size), dtype=torch.uint8, device=device)
 
 
-def _our_step(backbone: str, width: float, image_size: int, images: torch.Tensor, runtime: Runtime,
-              compile_model: bool, stem: str = "auto", cuda_graphs: bool = False):
+def _our_step(
+    backbone: str,
+    width: float,
+    image_size: int,
+    images: torch.Tensor,
+    runtime: Runtime,
+    compile_model: bool,
+    stem: str = "auto",
+    cuda_graphs: bool = False,
+):
     # The learner and optimizer `byol train` would build (paper heads, LARS) for this backbone.
     batch_size, channels = images.shape[:2]
     cfg = TrainConfig(backbone=backbone, width=width, stem=stem, batch_size=batch_size)
@@ -119,14 +131,18 @@ def _our_step(backbone: str, width: float, image_size: int, images: torch.Tensor
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
 
     # The same step replayed as a CUDA graph: its first calls run eagerly, the next one captures.
-    graphed = GraphedStep(learner, augment, optimizer, scaler, runtime.memory_format, runtime.amp_dtype) \
-        if cuda_graphs else None
+    graphed = (
+        GraphedStep(learner, augment, optimizer, scaler, runtime.memory_format, runtime.amp_dtype)
+        if cuda_graphs
+        else None
+    )
 
     def step():
         if graphed is not None:
             return graphed(images, 0.996)
-        return training_step(learner, augment, optimizer, scaler, images, 0.996, runtime.memory_format,
-                             runtime.amp_dtype)
+        return training_step(
+            learner, augment, optimizer, scaler, images, 0.996, runtime.memory_format, runtime.amp_dtype
+        )
 
     def augment_only():
         return augment(images)
@@ -139,10 +155,22 @@ def _our_step(backbone: str, width: float, image_size: int, images: torch.Tensor
     return step, augment_only, flops
 
 
-def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, batch_size: int = 64,
-          steps: int = 20, warmup: int = 3, device: str = "auto", precision: str = "auto", channels: int = 3,
-          channels_last: bool | None = None, compile_model: bool = False, compare: tuple[str, ...] = (),
-          stem: str = "auto", cuda_graphs: bool = False) -> dict:
+def bench(
+    backbone: str = "resnet18",
+    width: float = 1.0,
+    image_size: int = 32,
+    batch_size: int = 64,
+    steps: int = 20,
+    warmup: int = 3,
+    device: str = "auto",
+    precision: str = "auto",
+    channels: int = 3,
+    channels_last: bool | None = None,
+    compile_model: bool = False,
+    compare: tuple[str, ...] = (),
+    stem: str = "auto",
+    cuda_graphs: bool = False,
+) -> dict:
     if steps < 1 or batch_size < 2:
         raise UserError("--steps must be ≥ 1 and --batch-size ≥ 2")
     unknown = [p for p in compare if p not in PEERS]
@@ -159,22 +187,34 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     images = random_images(batch_size, channels, image_size, dev)
-    step, augment_only, flops_per_step = _our_step(backbone, width, image_size, images, runtime, compile_model, stem,
-                                                   cuda_graphs)
+    step, augment_only, flops_per_step = _our_step(
+        backbone, width, image_size, images, runtime, compile_model, stem, cuda_graphs
+    )
     seconds = statistics.median(time_steps(step, dev, steps, warmup))
     augment_seconds = statistics.median(time_steps(augment_only, dev, steps, 1))
     peak, peak_kind = peak_flops(dev, runtime.amp_dtype or torch.float32)
     memory_key, memory = peak_memory_mb(dev)
     result = {
-        "device": device_name(dev), "backbone": backbone, "width": width, "stem": stem, "image_size": image_size,
-        "batch_size": batch_size, "precision": str(runtime.amp_dtype or torch.float32).replace("torch.", ""),
+        "device": device_name(dev),
+        "backbone": backbone,
+        "width": width,
+        "stem": stem,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "precision": str(runtime.amp_dtype or torch.float32).replace("torch.", ""),
         "precision_choice": runtime.describe_precision(),
-        "channels_last": runtime.memory_format == torch.channels_last, "compile": compile_model,
-        "cuda_graphs": cuda_graphs, "steps": steps,
-        "ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds,
-        "augment_ms_per_step": 1000 * augment_seconds, "augment_fraction": augment_seconds / seconds,
+        "channels_last": runtime.memory_format == torch.channels_last,
+        "compile": compile_model,
+        "cuda_graphs": cuda_graphs,
+        "steps": steps,
+        "ms_per_step": 1000 * seconds,
+        "images_per_s": batch_size / seconds,
+        "augment_ms_per_step": 1000 * augment_seconds,
+        "augment_fraction": augment_seconds / seconds,
         "flops_per_image": flops_per_step / batch_size if flops_per_step else None,
-        "peak_flops": peak, "peak_kind": peak_kind, memory_key: memory,
+        "peak_flops": peak,
+        "peak_kind": peak_kind,
+        memory_key: memory,
     }
     if flops_per_step:
         result["achieved_flops"] = flops_per_step / seconds
@@ -182,9 +222,12 @@ def bench(backbone: str = "resnet18", width: float = 1.0, image_size: int = 32, 
         if result["utilization"] > 1:
             result["utilization_note"] = (
                 "above 100%: the step ran faster than the best matmul and convolution measured here, so the "
-                "measured peak is below the hardware's (another kernel, or clocks that rose during the step)")
-    result["compare"] = {peer: bench_peer(peer, backbone, width, image_size, images, runtime, steps, warmup,
-                                          result["images_per_s"]) for peer in compare}
+                "measured peak is below the hardware's (another kernel, or clocks that rose during the step)"
+            )
+    result["compare"] = {
+        peer: bench_peer(peer, backbone, width, image_size, images, runtime, steps, warmup, result["images_per_s"])
+        for peer in compare
+    }
     return result
 
 
@@ -201,15 +244,28 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def bench_peer(peer: str, backbone: str, width: float, image_size: int, images: torch.Tensor, runtime: Runtime,
-               steps: int, warmup: int, ours_images_per_s: float) -> dict:
+def bench_peer(
+    peer: str,
+    backbone: str,
+    width: float,
+    image_size: int,
+    images: torch.Tensor,
+    runtime: Runtime,
+    steps: int,
+    warmup: int,
+    ours_images_per_s: float,
+) -> dict:
     try:
         step = peers.STEPS[peer](backbone, width, image_size, images, runtime.amp_dtype)
     except ImportError as error:
         return {"skipped": f"not installed ({error.name}); pip install 'byol[bench]'"}
     seconds = statistics.median(time_steps(step, runtime.device, steps, warmup))
     images_per_s = len(images) / seconds
-    return {"images_per_s": images_per_s, "ms_per_step": 1000 * seconds, "ours_over_peer": ours_images_per_s / images_per_s}
+    return {
+        "images_per_s": images_per_s,
+        "ms_per_step": 1000 * seconds,
+        "ours_over_peer": ours_images_per_s / images_per_s,
+    }
 
 
 def format_result(result: dict) -> str:
@@ -239,6 +295,8 @@ def format_result(result: dict) -> str:
         if "skipped" in peer_result:
             lines.append(f"vs {peer:<10} skipped: {peer_result['skipped']}")
         else:
-            lines.append(f"vs {peer:<10} {peer_result['images_per_s']:.1f} images/s: ours is "
-                         f"{peer_result['ours_over_peer']:.2f}× theirs")
+            lines.append(
+                f"vs {peer:<10} {peer_result['images_per_s']:.1f} images/s: ours is "
+                f"{peer_result['ours_over_peer']:.2f}× theirs"
+            )
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -48,7 +49,9 @@ class EncoderInfo:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> EncoderInfo:
-        return cls.from_dict({f.name: json.loads(metadata[f.name]) for f in dataclasses.fields(cls) if f.name in metadata})
+        return cls.from_dict(
+            {f.name: json.loads(metadata[f.name]) for f in dataclasses.fields(cls) if f.name in metadata}
+        )
 
 
 @dataclass
@@ -92,7 +95,7 @@ class TrainingState:
     def encoder_weights(self) -> dict[str, torch.Tensor]:
         """The online encoder's state_dict, as the backbone alone would name it."""
         prefix = "online_encoder."
-        return {k[len(prefix):]: v for k, v in self.model.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.model.items() if k.startswith(prefix)}
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -124,10 +127,8 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as error:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         if isinstance(error, OSError):
             raise UserError(f"{path}: cannot write ({error.strerror or error}); the previous file is kept") from None
         raise
@@ -169,9 +170,10 @@ def load_checkpoint(path: Path | str) -> dict:
         raise UserError(f"{path}: not a checkpoint ({EXPECTED})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - pickle/zip errors have many types; all mean the same here
-        raise UserError(f"{path}: holds objects a safe (weights-only) load refuses, so it was not written by byol "
-                        f"({EXPECTED})") from None
+    except Exception:
+        raise UserError(
+            f"{path}: holds objects a safe (weights-only) load refuses, so it was not written by byol ({EXPECTED})"
+        ) from None
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -185,5 +187,5 @@ def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: no such weights file")
     try:
         return load_file(str(path))
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise UserError(f"{path}: not a safetensors file ({str(error).splitlines()[0][:200]})") from None

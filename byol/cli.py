@@ -77,10 +77,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     run_dir = Path(args.out) if args.out else checkpoint if checkpoint.is_dir() else checkpoint.parent
     run_dir.mkdir(parents=True, exist_ok=True)
-    report = evaluate_encoder(args.checkpoint, protocols, args.dataset, args.data, args.device,
-                              baselines=not args.no_baselines, linear_epochs=args.linear_epochs,
-                              semi_epochs=args.semi_epochs, seed=args.seed, quiet=args.json, run_dir=run_dir,
-                              workers=args.workers)
+    report = evaluate_encoder(
+        args.checkpoint,
+        protocols,
+        args.dataset,
+        args.data,
+        args.device,
+        baselines=not args.no_baselines,
+        linear_epochs=args.linear_epochs,
+        semi_epochs=args.semi_epochs,
+        seed=args.seed,
+        quiet=args.json,
+        run_dir=run_dir,
+        workers=args.workers,
+    )
     written = write_report(run_dir, report)
     if args.json:
         print(json.dumps(public(report)))
@@ -101,17 +111,39 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_OPTIONS = ("backbone", "width", "stem", "image_size", "batch_size", "device", "precision", "channels_last",
-                 "cuda_graphs")
+BENCH_OPTIONS = (
+    "backbone",
+    "width",
+    "stem",
+    "image_size",
+    "batch_size",
+    "device",
+    "precision",
+    "channels_last",
+    "cuda_graphs",
+)
 BENCH_DEFAULTS = {"image_size": 32, "batch_size": 64}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     check_options({name: getattr(args, name) for name in BENCH_OPTIONS})
     compare = tuple(p.strip() for p in (args.compare or "").split(",") if p.strip())
-    result = bench(args.backbone, args.width, args.image_size, args.batch_size, args.steps, args.warmup, args.device,
-                   args.precision, args.channels, args.channels_last, args.compile, compare, args.stem,
-                   args.cuda_graphs)
+    result = bench(
+        args.backbone,
+        args.width,
+        args.image_size,
+        args.batch_size,
+        args.steps,
+        args.warmup,
+        args.device,
+        args.precision,
+        args.channels,
+        args.channels_last,
+        args.compile,
+        compare,
+        args.stem,
+        args.cuda_graphs,
+    )
     print(json.dumps(result) if args.json else format_result(result))
     return 0
 
@@ -134,15 +166,22 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults of the commands' own options (config options carry theirs in their help)."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
-                or "(default" in (action.help or ""):
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or "(default" in (action.help or "")
+        ):
             return action.help
         return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="byol", description="BYOL self-supervised pre-training (and the methods it is compared "
-                     "with), evaluation and export.", epilog="`byol COMMAND --help` lists a command's options.")
+    parser = _Parser(
+        prog="byol",
+        description="BYOL self-supervised pre-training (and the methods it is compared with), evaluation and export.",
+        epilog="`byol COMMAND --help` lists a command's options.",
+    )
     parser.add_argument("--version", action="version", version=f"byol {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -151,8 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
-    for add_command in (_train_command, _eval_command, _embed_command, _bench_command, _ablate_command,
-                        _export_command):
+    for add_command in (
+        _train_command,
+        _eval_command,
+        _embed_command,
+        _bench_command,
+        _ablate_command,
+        _export_command,
+    ):
         add_command(command)
     return parser
 
@@ -161,25 +206,33 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_command(command) -> None:
     train = command("train", "pre-train an encoder (BYOL, or another --method)", cmd_train)
     train.usage = "byol train [--preset NAME] [--config FILE] [OPTION ...]"
-    train.add_argument("--preset", choices=PRESETS,
-                       help="starting configuration (smoke: <60 s check; cpu-quickstart; gpu) (default: none, the "
-                            "options' own defaults)")
-    train.add_argument("--config", metavar="FILE", help="YAML file of options, applied after the preset (default: none)")
+    train.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="starting configuration (smoke: <60 s check; cpu-quickstart; gpu) (default: none, the "
+        "options' own defaults)",
+    )
+    train.add_argument(
+        "--config", metavar="FILE", help="YAML file of options, applied after the preset (default: none)"
+    )
     add_config_arguments(train)
     train.add_argument("--quiet", action="store_true", help="no progress output; a JSON summary on stdout")
 
 
 def _eval_command(command) -> None:
     evaluate = command("eval", "kNN, linear probe and semi-supervised fine-tune of an encoder", cmd_eval)
-    evaluate.add_argument("--checkpoint", required=True, metavar="PATH",
-                          help="a run folder, its checkpoint.pt or backbone.safetensors")
+    evaluate.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a run folder, its checkpoint.pt or backbone.safetensors"
+    )
     evaluate.add_argument("--protocol", default="knn,linear", help="comma-separated: knn, linear, semi")
     evaluate.add_argument("--dataset", choices=tuple(DATASETS), help="default: the dataset the encoder was trained on")
-    evaluate.add_argument("--data", metavar="PATH", help="dataset location (default: where the encoder's dataset is "
-                          "usually found)")
+    evaluate.add_argument(
+        "--data", metavar="PATH", help="dataset location (default: where the encoder's dataset is usually found)"
+    )
     evaluate.add_argument("--device", default="auto", help=FIELDS["device"].metadata["help"])
-    evaluate.add_argument("--out", metavar="DIR",
-                          help="where eval.json and plots go (default: the run folder the checkpoint is in)")
+    evaluate.add_argument(
+        "--out", metavar="DIR", help="where eval.json and plots go (default: the run folder the checkpoint is in)"
+    )
     evaluate.add_argument("--no-baselines", action="store_true", help="skip random-init and raw-pixel baselines")
     evaluate.add_argument("--linear-epochs", type=int, default=30)
     evaluate.add_argument("--semi-epochs", type=int, default=30)
@@ -190,8 +243,9 @@ def _eval_command(command) -> None:
 
 def _embed_command(command) -> None:
     embed = command("embed", "feature matrix of a folder of images", cmd_embed)
-    embed.add_argument("--checkpoint", required=True, metavar="PATH",
-                       help="a run folder, its checkpoint.pt or backbone.safetensors")
+    embed.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a run folder, its checkpoint.pt or backbone.safetensors"
+    )
     embed.add_argument("--data", required=True, metavar="PATH", help="folder of images")
     embed.add_argument("--out", required=True, metavar="FILE", help="features.npy (+ .files.txt) or .safetensors")
     embed.add_argument("--device", default="auto", help=FIELDS["device"].metadata["help"])
@@ -206,31 +260,51 @@ def _bench_command(command) -> None:
     bench.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     bench.add_argument("--compile", action="store_true", help="torch.compile the learner")
-    bench.add_argument("--compare", metavar="LIST", help="peers to run in the same process: byol-pytorch,lightly (default: none)")
+    bench.add_argument(
+        "--compare", metavar="LIST", help="peers to run in the same process: byol-pytorch,lightly (default: none)"
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _ablate_command(command) -> None:
-    ablate = command("ablate", "the paper's ablations, or the methods of its comparison table, side by side",
-                     cmd_ablate)
-    ablate.add_argument("--suite", default="paper", choices=tuple(SUITES),
-                        help="paper: BYOL's ablations and baselines; methods: the eight methods")
-    ablate.add_argument("--preset", default="cpu", choices=tuple(SUITE_PRESETS),
-                        help="smoke (minutes), cpu (about an hour on 2 cores for paper) or gpu")
-    ablate.add_argument("--config", metavar="FILE", help="YAML options applied to every variant, e.g. your dataset (default: none)")
+    ablate = command(
+        "ablate", "the paper's ablations, or the methods of its comparison table, side by side", cmd_ablate
+    )
+    ablate.add_argument(
+        "--suite",
+        default="paper",
+        choices=tuple(SUITES),
+        help="paper: BYOL's ablations and baselines; methods: the eight methods",
+    )
+    ablate.add_argument(
+        "--preset",
+        default="cpu",
+        choices=tuple(SUITE_PRESETS),
+        help="smoke (minutes), cpu (about an hour on 2 cores for paper) or gpu",
+    )
+    ablate.add_argument(
+        "--config", metavar="FILE", help="YAML options applied to every variant, e.g. your dataset (default: none)"
+    )
     ablate.add_argument("--out", default="runs/ablations", metavar="DIR", help="runs, ablations.md and .png go here")
     ablate.add_argument("--quiet", action="store_true")
 
 
 def _export_command(command) -> None:
     export = command("export", "write the trained encoder for byol, torchvision, timm or ONNX", cmd_export)
-    export.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="a run folder, checkpoint.pt, backbone.safetensors or a safetensors export")
+    export.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a run folder, checkpoint.pt, backbone.safetensors or a safetensors export",
+    )
     export.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    export.add_argument("--format", choices=FORMATS,
-                        help="safetensors: byol's file (byol.load_encoder); torchvision/timm: the state_dict of the "
-                             "original class, strict=True; onnx: checked with onnxruntime when installed "
-                             "(default: onnx for a .onnx file, else safetensors)")
+    export.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="safetensors: byol's file (byol.load_encoder); torchvision/timm: the state_dict of the "
+        "original class, strict=True; onnx: checked with onnxruntime when installed "
+        "(default: onnx for a .onnx file, else safetensors)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     speaks = launched_as_main()
     try:
         if args.command != "train" and launched_world_size() > 1:
-            raise UserError(f"byol {args.command} runs in one process: launch it without torchrun "
-                            "(only `byol train` is distributed)")
+            raise UserError(
+                f"byol {args.command} runs in one process: launch it without torchrun "
+                "(only `byol train` is distributed)"
+            )
         return args.func(args)
     except UserError as error:
         if speaks:

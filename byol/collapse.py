@@ -36,8 +36,11 @@ def effective_rank(representation: torch.Tensor, eps: float = 1e-7) -> float:
 
 def collapse_metrics(projection: torch.Tensor, representation: torch.Tensor) -> dict:
     """The two numbers, and the embedding's width, which the std is judged against (1/√d when healthy)."""
-    return {"embedding_std": embedding_std(projection), "effective_rank": effective_rank(representation),
-            "embedding_dim": projection.shape[-1]}
+    return {
+        "embedding_std": embedding_std(projection),
+        "effective_rank": effective_rank(representation),
+        "embedding_dim": projection.shape[-1],
+    }
 
 
 def is_collapsed(metrics: dict, projection_dim: int) -> bool:

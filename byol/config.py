@@ -80,138 +80,253 @@ def device_name(value) -> str | None:
     return None
 
 
-def option(default, help: str, *, choices=None, check=None, trajectory: bool = True, saved: bool = True,
-           aliases: tuple[str, ...] = (), metavar: str | None = None):
+def option(
+    default,
+    help: str,
+    *,
+    choices=None,
+    check=None,
+    trajectory: bool = True,
+    saved: bool = True,
+    aliases: tuple[str, ...] = (),
+    metavar: str | None = None,
+):
     """A config field with what the CLI and the checks need to know about it.
 
     trajectory: a changed value changes what the run learns (a resume with it changed is warned about).
     saved: written to config.yaml (False for per-invocation switches such as --resume).
     """
-    return dataclasses.field(default=default, metadata={
-        "help": help, "choices": tuple(choices) if choices is not None else None, "check": check,
-        "trajectory": trajectory, "saved": saved, "aliases": aliases, "metavar": metavar})
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "help": help,
+            "choices": tuple(choices) if choices is not None else None,
+            "check": check,
+            "trajectory": trajectory,
+            "saved": saved,
+            "aliases": aliases,
+            "metavar": metavar,
+        },
+    )
 
 
 @dataclass
 class TrainConfig:
     # data
     dataset: str = option("fashion-mnist", "dataset to train on", choices=DATASETS)
-    data: str | None = option(None, "dataset location (default: the dataset's usual places)", metavar="PATH",
-                              trajectory=False)
-    subset: int | None = option(None, "train on a seeded random subset of N images (default: all)", check=positive, metavar="N")
-    image_size: int | None = option(None, "training resolution in pixels (default: the dataset's own; 224 for folders)",
-                                    check=resnet_size, metavar="PX")
-    workers: int | None = option(None, "image-decoding processes for folder images (default: one per available "
-                                 "core)", check=non_negative, trajectory=False, metavar="N")
-    cache_decoded: str | None = option(None, "keep folder images decoded at the load size in a memory-mapped file in "
-                                       "DIR, written as the first epoch decodes them and read after (docs/data.md) (default: off)",
-                                       trajectory=False, metavar="DIR")
-    max_bad_fraction: float = option(0.01, "unreadable folder images are skipped and counted; more than this "
-                                     "fraction of the dataset (and more than one) stops the run; 0: any",
-                                     check=unit_interval, trajectory=False, metavar="F")
+    data: str | None = option(
+        None, "dataset location (default: the dataset's usual places)", metavar="PATH", trajectory=False
+    )
+    subset: int | None = option(
+        None, "train on a seeded random subset of N images (default: all)", check=positive, metavar="N"
+    )
+    image_size: int | None = option(
+        None,
+        "training resolution in pixels (default: the dataset's own; 224 for folders)",
+        check=resnet_size,
+        metavar="PX",
+    )
+    workers: int | None = option(
+        None,
+        "image-decoding processes for folder images (default: one per available core)",
+        check=non_negative,
+        trajectory=False,
+        metavar="N",
+    )
+    cache_decoded: str | None = option(
+        None,
+        "keep folder images decoded at the load size in a memory-mapped file in "
+        "DIR, written as the first epoch decodes them and read after (docs/data.md) (default: off)",
+        trajectory=False,
+        metavar="DIR",
+    )
+    max_bad_fraction: float = option(
+        0.01,
+        "unreadable folder images are skipped and counted; more than this "
+        "fraction of the dataset (and more than one) stops the run; 0: any",
+        check=unit_interval,
+        trajectory=False,
+        metavar="F",
+    )
     # augmentation
-    crop_min_scale: float = option(0.08, "smallest area fraction of a random crop", check=crop_fraction,
-                                   metavar="S")
-    aug_remove: str = option("", f"augmentations to drop, comma-separated: {', '.join(REMOVABLE)} (ablations)",
-                             check=augmentation_names, metavar="LIST")
-    local_crops: int = option(0, "multi-crop: small crops per image beside the two global ones (swav, dino)",
-                              check=non_negative, metavar="N")
-    local_size: int | None = option(None, "side of the local crops (default: 3/7 of the image size, 96 for 224)",
-                                    check=resnet_size, metavar="PX")
-    local_crop_scale: tuple[float, float] = option((0.05, 0.14), "area fraction range of the local crops",
-                                                   check=crop_range, metavar=("MIN", "MAX"))
+    crop_min_scale: float = option(0.08, "smallest area fraction of a random crop", check=crop_fraction, metavar="S")
+    aug_remove: str = option(
+        "",
+        f"augmentations to drop, comma-separated: {', '.join(REMOVABLE)} (ablations)",
+        check=augmentation_names,
+        metavar="LIST",
+    )
+    local_crops: int = option(
+        0, "multi-crop: small crops per image beside the two global ones (swav, dino)", check=non_negative, metavar="N"
+    )
+    local_size: int | None = option(
+        None, "side of the local crops (default: 3/7 of the image size, 96 for 224)", check=resnet_size, metavar="PX"
+    )
+    local_crop_scale: tuple[float, float] = option(
+        (0.05, 0.14), "area fraction range of the local crops", check=crop_range, metavar=("MIN", "MAX")
+    )
     # method and its ablation switches; a method's own defaults come from its recipe (methods/__init__.py)
-    method: str = option("byol", "byol, or a method of the comparison on the same backbone, data and evaluation "
-                         "(each with its own recipe's defaults: docs/methods.md)", choices=METHODS)
+    method: str = option(
+        "byol",
+        "byol, or a method of the comparison on the same backbone, data and evaluation "
+        "(each with its own recipe's defaults: docs/methods.md)",
+        choices=METHODS,
+    )
     predictor: bool = option(True, "--no-predictor: the paper's ablation without the predictor (collapses)")
-    negatives_beta: float = option(0.0, "weight β of the appendix's contrastive term (0: BYOL)", check=non_negative,
-                                   metavar="B")
-    temperature: float = option(0.1, "α of BYOL's negatives term; the contrastive or student temperature of "
-                                "simclr, mocov2, swav, dino", check=positive)
-    norm: str = option("batch", "batch norm, or group-ws: GroupNorm + Weight Standardization in encoder and heads",
-                       choices=NORMS)
-    queue_size: int = option(0, "mocov2: negatives kept from earlier batches; swav: embeddings kept for the codes",
-                             check=non_negative, metavar="N")
+    negatives_beta: float = option(
+        0.0, "weight β of the appendix's contrastive term (0: BYOL)", check=non_negative, metavar="B"
+    )
+    temperature: float = option(
+        0.1,
+        "α of BYOL's negatives term; the contrastive or student temperature of simclr, mocov2, swav, dino",
+        check=positive,
+    )
+    norm: str = option(
+        "batch", "batch norm, or group-ws: GroupNorm + Weight Standardization in encoder and heads", choices=NORMS
+    )
+    queue_size: int = option(
+        0,
+        "mocov2: negatives kept from earlier batches; swav: embeddings kept for the codes",
+        check=non_negative,
+        metavar="N",
+    )
     queue_start_epoch: float = option(0.0, "swav: the epoch the queue starts", check=non_negative, metavar="EPOCH")
     prototypes: int = option(3000, "swav: prototypes; dino: the head's output size", check=positive, metavar="K")
     sinkhorn_epsilon: float = option(0.05, "swav: Sinkhorn's entropy ε", check=positive)
     sinkhorn_iterations: int = option(3, "swav: Sinkhorn-Knopp iterations", check=positive)
-    freeze_head_epochs: float = option(0.0, "swav: prototypes, dino: the head's last layer, frozen this long",
-                                       check=non_negative, metavar="EPOCHS")
+    freeze_head_epochs: float = option(
+        0.0, "swav: prototypes, dino: the head's last layer, frozen this long", check=non_negative, metavar="EPOCHS"
+    )
     teacher_temperature: float = option(0.04, "dino: the teacher's temperature after its warm-up", check=positive)
     teacher_temperature_start: float = option(0.04, "dino: the teacher's temperature at epoch 0", check=positive)
-    teacher_temperature_epochs: float = option(0.0, "dino: epochs of the teacher temperature's warm-up",
-                                               check=non_negative, metavar="EPOCHS")
+    teacher_temperature_epochs: float = option(
+        0.0, "dino: epochs of the teacher temperature's warm-up", check=non_negative, metavar="EPOCHS"
+    )
     center_momentum: float = option(0.9, "dino: momentum of the teacher-output centre", check=unit_interval)
-    clip_grad: float = option(0.0, "clip each parameter's gradient to this norm (0: off; dino's recipe: 3)",
-                              check=non_negative)
+    clip_grad: float = option(
+        0.0, "clip each parameter's gradient to this norm (0: off; dino's recipe: 3)", check=non_negative
+    )
     lambda_offdiag: float = option(0.0051, "barlowtwins: weight λ of the off-diagonal term", check=non_negative)
     sim_weight: float = option(25.0, "vicreg: weight of the invariance term", check=non_negative)
     var_weight: float = option(25.0, "vicreg: weight of the variance term", check=non_negative)
     cov_weight: float = option(1.0, "vicreg: weight of the covariance term", check=non_negative)
     # model
-    backbone: str = option("resnet18", f"encoder: {', '.join(ARCHITECTURES)} (with --width, --stem), "
-                           "torchvision:NAME (any torchvision classification model) or timm:NAME (any timm model; "
-                           "pip install 'byol[timm]')", check=backbone_problem, metavar="NAME")
+    backbone: str = option(
+        "resnet18",
+        f"encoder: {', '.join(ARCHITECTURES)} (with --width, --stem), "
+        "torchvision:NAME (any torchvision classification model) or timm:NAME (any timm model; "
+        "pip install 'byol[timm]')",
+        check=backbone_problem,
+        metavar="NAME",
+    )
     width: float = option(1.0, "channel-width multiplier of the ResNet (0.25 = quarter width)", check=positive)
-    stem: str = option("auto", "ResNet stem: auto = cifar (3×3/1) up to 64 px, imagenet (7×7/2 + pool) above; "
-                       "cifar-pool adds a 2×2 max-pool, 4× cheaper", choices=STEMS)
+    stem: str = option(
+        "auto",
+        "ResNet stem: auto = cifar (3×3/1) up to 64 px, imagenet (7×7/2 + pool) above; "
+        "cifar-pool adds a 2×2 max-pool, 4× cheaper",
+        choices=STEMS,
+    )
     projection_dim: int = option(256, "output size of projector and predictor", check=positive)
     projector_hidden_dim: int = option(4096, "hidden size of the projector", check=positive)
     predictor_hidden_dim: int = option(4096, "hidden size of the predictor", check=positive)
     # optimisation
     epochs: int = option(100, "passes over the training set", check=positive)
-    batch_size: int = option(256, "global images per step (the LR scales with it: lr × batch / 256)",
-                             check=batch_of_two)
+    batch_size: int = option(
+        256, "global images per step (the LR scales with it: lr × batch / 256)", check=batch_of_two
+    )
     lr: float = option(0.2, "base learning rate; the peak is lr × batch_size / 256", check=non_negative)
     warmup_epochs: float = option(10.0, "linear warm-up before the cosine decay", check=non_negative)
     optimizer: str = option("lars", "lars (the paper's), momentum sgd, or adamw", choices=OPTIMIZERS)
     momentum: float = option(0.9, "momentum (LARS, SGD); AdamW's β₁")
     weight_decay: float = option(1.5e-6, "never applied to biases and norm parameters", check=non_negative)
-    final_weight_decay: float | None = option(None, "cosine weight-decay schedule to this value (dino's ViT recipe) (default: constant)",
-                                              check=non_negative, metavar="X")
+    final_weight_decay: float | None = option(
+        None,
+        "cosine weight-decay schedule to this value (dino's ViT recipe) (default: constant)",
+        check=non_negative,
+        metavar="X",
+    )
     trust_coefficient: float = option(1e-3, "LARS η")
     clip_lr: bool = option(False, "LARS: no layer's effective LR above the global one (solo-learn's variant)")
-    lr_floor: float = option(0.0, "the cosine ends at this fraction of the peak LR (0.001 in several recipes)",
-                             check=unit_interval, metavar="F")
-    bias_lr_multiplier: float = option(1.0, "LR multiplier of biases and norm parameters (barlowtwins: 0.024)",
-                                       check=non_negative, metavar="X")
-    base_tau: float = option(0.996, "τ_base of the target EMA schedule; 0 = stop-gradient online network, "
-                             "1 = fixed random target", check=unit_interval, aliases=("--tau-base",))
-    final_tau: float = option(1.0, "τ at the end of the run (BYOL's 1; mocov2's official recipe is constant)",
-                              check=unit_interval)
+    lr_floor: float = option(
+        0.0,
+        "the cosine ends at this fraction of the peak LR (0.001 in several recipes)",
+        check=unit_interval,
+        metavar="F",
+    )
+    bias_lr_multiplier: float = option(
+        1.0, "LR multiplier of biases and norm parameters (barlowtwins: 0.024)", check=non_negative, metavar="X"
+    )
+    base_tau: float = option(
+        0.996,
+        "τ_base of the target EMA schedule; 0 = stop-gradient online network, 1 = fixed random target",
+        check=unit_interval,
+        aliases=("--tau-base",),
+    )
+    final_tau: float = option(
+        1.0, "τ at the end of the run (BYOL's 1; mocov2's official recipe is constant)", check=unit_interval
+    )
     # runtime
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", check=device_name, trajectory=False,
-                         metavar="DEVICE")
+    device: str = option(
+        "auto", "auto, cpu, cuda, cuda:N or mps", check=device_name, trajectory=False, metavar="DEVICE"
+    )
     precision: str = option("auto", "number format of the step (auto: docs/performance.md)", choices=PRECISIONS)
-    channels_last: bool | None = option(None, "channels-last memory format (default: on for CPU and CUDA)",
-                                        trajectory=False)
+    channels_last: bool | None = option(
+        None, "channels-last memory format (default: on for CPU and CUDA)", trajectory=False
+    )
     sync_bn: bool = option(True, "under torchrun, batch norm over the global batch (--no-sync-bn: per process)")
     compile: bool = option(False, "torch.compile the learner (minutes of compilation first)", trajectory=False)
-    cuda_graphs: bool = option(False, "replay augmentation, forward and backward as one CUDA graph (one CUDA "
-                               "process; docs/performance.md)", trajectory=False)
+    cuda_graphs: bool = option(
+        False,
+        "replay augmentation, forward and backward as one CUDA graph (one CUDA process; docs/performance.md)",
+        trajectory=False,
+    )
     seed: int = option(0, "seed of weights, data order and augmentations", check=non_negative)
-    out: str = option("runs/byol", "run folder (checkpoint, config, metrics, weights)", metavar="DIR",
-                      trajectory=False)
-    log_every: int = option(10, "steps between metrics.jsonl lines (each one a host-device sync)", check=positive,
-                            trajectory=False, metavar="STEPS")
-    checkpoint_every: int = option(500, "steps between checkpoints", check=positive, trajectory=False,
-                                   metavar="STEPS")
-    checkpoint_epochs: int = option(1, "epochs between end-of-epoch checkpoints (0: only every --checkpoint-every "
-                                    "steps)", check=non_negative, trajectory=False, metavar="EPOCHS")
-    keep_checkpoints: int = option(1, "also keep the K most recent checkpoints as checkpoint-step<N>.pt",
-                                   check=positive, trajectory=False, metavar="K")
-    knn_every: int = option(1, "epochs between kNN monitor evaluations (0: off); needs labels", check=epochs_or_off,
-                            trajectory=False, metavar="EPOCHS")
-    knn_bank: int = option(10000, "training images in the kNN monitor's bank", check=positive, trajectory=False,
-                           metavar="N")
-    knn_test: int = option(2000, "test images the kNN monitor scores", check=positive, trajectory=False,
-                           metavar="N")
-    online_probe: bool = option(True, "linear classifier on the detached representation, its own optimizer",
-                                trajectory=False)
+    out: str = option("runs/byol", "run folder (checkpoint, config, metrics, weights)", metavar="DIR", trajectory=False)
+    log_every: int = option(
+        10,
+        "steps between metrics.jsonl lines (each one a host-device sync)",
+        check=positive,
+        trajectory=False,
+        metavar="STEPS",
+    )
+    checkpoint_every: int = option(500, "steps between checkpoints", check=positive, trajectory=False, metavar="STEPS")
+    checkpoint_epochs: int = option(
+        1,
+        "epochs between end-of-epoch checkpoints (0: only every --checkpoint-every steps)",
+        check=non_negative,
+        trajectory=False,
+        metavar="EPOCHS",
+    )
+    keep_checkpoints: int = option(
+        1,
+        "also keep the K most recent checkpoints as checkpoint-step<N>.pt",
+        check=positive,
+        trajectory=False,
+        metavar="K",
+    )
+    knn_every: int = option(
+        1,
+        "epochs between kNN monitor evaluations (0: off); needs labels",
+        check=epochs_or_off,
+        trajectory=False,
+        metavar="EPOCHS",
+    )
+    knn_bank: int = option(
+        10000, "training images in the kNN monitor's bank", check=positive, trajectory=False, metavar="N"
+    )
+    knn_test: int = option(2000, "test images the kNN monitor scores", check=positive, trajectory=False, metavar="N")
+    online_probe: bool = option(
+        True, "linear classifier on the detached representation, its own optimizer", trajectory=False
+    )
     tensorboard: bool = option(True, "TensorBoard scalars in DIR/tensorboard", trajectory=False)
-    stop_after_steps: int | None = option(None, "stop at step N with a resumable checkpoint (time-boxed jobs) (default: run to the end)",
-                                          check=positive, trajectory=False, saved=False, metavar="N")
+    stop_after_steps: int | None = option(
+        None,
+        "stop at step N with a resumable checkpoint (time-boxed jobs) (default: run to the end)",
+        check=positive,
+        trajectory=False,
+        saved=False,
+        metavar="N",
+    )
     resume: bool = option(False, "continue from DIR/checkpoint.pt if there is one", trajectory=False, saved=False)
 
     def validate(self) -> TrainConfig:
@@ -224,15 +339,21 @@ class TrainConfig:
         if problem:
             raise UserError(f"--backbone {self.backbone}: {problem}")
         if self.method != "byol" and (not self.predictor or self.negatives_beta):
-            raise UserError(f"--method {self.method}: --no-predictor and --negatives-beta are BYOL ablations; use them "
-                            "with --method byol")
+            raise UserError(
+                f"--method {self.method}: --no-predictor and --negatives-beta are BYOL ablations; use them "
+                "with --method byol"
+            )
         if self.local_crops and not METHODS[self.method].accepts_local_views:
             takers = [name for name, cls in METHODS.items() if cls.accepts_local_views]
-            raise UserError(f"--local-crops {self.local_crops}: --method {self.method} takes no local crops (only "
-                            f"{', '.join(takers)})")
+            raise UserError(
+                f"--local-crops {self.local_crops}: --method {self.method} takes no local crops (only "
+                f"{', '.join(takers)})"
+            )
         if self.method == "mocov2" and (not self.queue_size or self.queue_size % self.batch_size):
-            raise UserError(f"--queue-size {self.queue_size}: --method mocov2 needs a queue that is a multiple of "
-                            f"--batch-size {self.batch_size}")
+            raise UserError(
+                f"--queue-size {self.queue_size}: --method mocov2 needs a queue that is a multiple of "
+                f"--batch-size {self.batch_size}"
+            )
         if self.cuda_graphs and self.device.split(":")[0] in ("cpu", "mps"):
             raise UserError(f"--cuda-graphs: CUDA graphs need a CUDA device, not --device {self.device}")
         if self.subset is not None and self.subset < self.batch_size:
@@ -391,8 +512,10 @@ def check_method_takes(config: TrainConfig, given: list[str]) -> None:
         if name in users and method not in users[name]:
             raise UserError(f"{flag(name)}: --method {method} does not use it (only {', '.join(users[name])} do)")
     if method == "byol" and "temperature" in given and not config.negatives_beta:
-        raise UserError("--temperature: --method byol uses it only in the appendix's contrastive term, which "
-                        "--negatives-beta turns on")
+        raise UserError(
+            "--temperature: --method byol uses it only in the appendix's contrastive term, which "
+            "--negatives-beta turns on"
+        )
 
 
 def changed_trajectory_keys(saved: dict, config: TrainConfig) -> list[str]:

@@ -44,9 +44,18 @@ def make_convs_safe_(module: nn.Module) -> nn.Module:
         narrow = child.in_channels < NARROW_CHANNELS if isinstance(child, nn.Conv2d) else False
         if type(child) is nn.Conv2d and narrow and child.kernel_size == (1, 1) and child.stride != (1, 1):
             # skip_init: no initialisation of its own, which would draw random numbers and shift every later layer's
-            safe = nn.utils.skip_init(SafeConv2d, child.in_channels, child.out_channels, 1, child.stride,
-                                      child.padding, child.dilation, child.groups, child.bias is not None,
-                                      child.padding_mode)
+            safe = nn.utils.skip_init(
+                SafeConv2d,
+                child.in_channels,
+                child.out_channels,
+                1,
+                child.stride,
+                child.padding,
+                child.dilation,
+                child.groups,
+                child.bias is not None,
+                child.padding_mode,
+            )
             safe.weight, safe.bias = child.weight, child.bias
             setattr(module, name, safe)
         else:

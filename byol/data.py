@@ -35,8 +35,18 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 # Per-channel statistics of the training splits, in [0, 1] units.
 STATS = {
@@ -85,11 +95,17 @@ class ImageDataset:
     def select(self, index: torch.Tensor) -> ImageDataset:
         """The items at `index`, in that order."""
         return ImageDataset(
-            name=self.name, channels=self.channels, native_size=self.native_size, mean=self.mean, std=self.std,
+            name=self.name,
+            channels=self.channels,
+            native_size=self.native_size,
+            mean=self.mean,
+            std=self.std,
             images=self.images[index] if self.images is not None else None,
             files=[self.files[i] for i in index.tolist()] if self.files is not None else None,
             labels=self.labels[index] if self.labels is not None else None,
-            classes=self.classes, load_size=self.load_size, root=self.root,
+            classes=self.classes,
+            load_size=self.load_size,
+            root=self.root,
         )
 
 
@@ -167,9 +183,14 @@ def load_fashion_mnist(data: str | None, split: str, download: bool = True) -> I
     images = _read_idx(_find_idx(found, image_stem))
     labels = _read_idx(_find_idx(found, label_stem))
     return ImageDataset(
-        name="fashion-mnist", channels=1, native_size=28, mean=STATS["fashion-mnist"][0],
-        std=STATS["fashion-mnist"][1], images=torch.from_numpy(images.copy()).unsqueeze(1),
-        labels=torch.from_numpy(labels.astype(np.int64)), classes=FASHION_MNIST_CLASSES,
+        name="fashion-mnist",
+        channels=1,
+        native_size=28,
+        mean=STATS["fashion-mnist"][0],
+        std=STATS["fashion-mnist"][1],
+        images=torch.from_numpy(images.copy()).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        classes=FASHION_MNIST_CLASSES,
     )
 
 
@@ -188,22 +209,30 @@ def load_cifar(name: str, data: str | None, split: str, download: bool = True) -
             raise UserError(f"{name} not found in {root} (option --data)") from None
         try:
             dataset = cls(str(root), train=(split == "train"), download=True)
-        except Exception:  # noqa: BLE001 - any network failure means the same thing to the user
+        except Exception:
             raise UserError(
                 f"{name} not found in {root} and could not be downloaded: put the extracted "
                 f"'{cls.base_folder}' folder there or pass --data DIR"
             ) from None
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     return ImageDataset(
-        name=name, channels=3, native_size=32, mean=STATS[name][0], std=STATS[name][1], images=images,
-        labels=torch.tensor(dataset.targets, dtype=torch.int64), classes=list(dataset.classes),
+        name=name,
+        channels=3,
+        native_size=32,
+        mean=STATS[name][0],
+        std=STATS[name][1],
+        images=images,
+        labels=torch.tensor(dataset.targets, dtype=torch.int64),
+        classes=list(dataset.classes),
     )
 
 
 # ---------------------------------------------------------------- folders of images
 
 
-def scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Path], torch.Tensor | None, list[str] | None]:
+def scan_folder(
+    root: Path, classes: list[str] | None = None
+) -> tuple[list[Path], torch.Tensor | None, list[str] | None]:
     """Image files under `root`, and their labels when every file sits in a first-level sub-folder.
 
     `classes`: the class names to number by (a test split takes its training split's), so the same
@@ -216,9 +245,11 @@ def scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Path
         raise UserError(f"{root}: not a folder (option --data)")
     scan = scan_images(root)
     if scan.hidden or scan.other or scan.repeated_folders:
-        log.info(f"{root}: {len(scan.files)} images; left out {scan.hidden} hidden entries (dot-names, ._ AppleDouble "
-                 f"files, __MACOSX), {scan.other} files that are not images"
-                 + (f", {len(scan.repeated_folders)} folders reached twice through links" if scan.repeated_folders else ""))
+        log.info(
+            f"{root}: {len(scan.files)} images; left out {scan.hidden} hidden entries (dot-names, ._ AppleDouble "
+            f"files, __MACOSX), {scan.other} files that are not images"
+            + (f", {len(scan.repeated_folders)} folders reached twice through links" if scan.repeated_folders else "")
+        )
     files = scan.files
     if not files:
         raise UserError(f"{root}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))}) (option --data)")
@@ -230,8 +261,10 @@ def scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Path
         classes = names
     unknown = [name for name in names if name not in classes]
     if unknown:
-        raise UserError(f"{root / unknown[0]}: class '{unknown[0]}' is not among the {len(classes)} classes of the "
-                        f"training split ({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})")
+        raise UserError(
+            f"{root / unknown[0]}: class '{unknown[0]}' is not among the {len(classes)} classes of the "
+            f"training split ({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''})"
+        )
     index = {c: i for i, c in enumerate(classes)}
     return files, torch.tensor([index[parts[0]] for parts in top], dtype=torch.int64), list(classes)
 
@@ -252,8 +285,18 @@ def load_folder(data: str | None, split: str, load_size: int, classes: list[str]
             raise UserError(f"{data}: no test/ or val/ sub-folder to evaluate on (option --data)")
     files, labels, classes = scan_folder(root, classes)
     mean, std = STATS["folder"]
-    return ImageDataset(name="folder", channels=3, native_size=load_size, mean=mean, std=std, files=files,
-                        labels=labels, classes=classes, load_size=load_size, root=root)
+    return ImageDataset(
+        name="folder",
+        channels=3,
+        native_size=load_size,
+        mean=mean,
+        std=std,
+        files=files,
+        labels=labels,
+        classes=classes,
+        load_size=load_size,
+        root=root,
+    )
 
 
 class _FolderItems(torch.utils.data.Dataset):
@@ -340,12 +383,13 @@ def iterate_split(dataset: ImageDataset, size: int, batch_size: int = 256, worke
     unreadable = unreadable if unreadable is not None else Unreadable()
     if dataset.images is not None:
         for start in range(0, len(dataset), batch_size):
-            labels = dataset.labels[start:start + batch_size] if dataset.labels is not None else None
-            images = dataset.images[start:start + batch_size]
+            labels = dataset.labels[start : start + batch_size] if dataset.labels is not None else None
+            images = dataset.images[start : start + batch_size]
             yield images, labels, torch.arange(start, start + len(images))
         return
-    loader = torch.utils.data.DataLoader(_EvalItems(dataset, size), batch_size=batch_size, num_workers=workers,
-                                         worker_init_fn=_ignore_interrupts)
+    loader = torch.utils.data.DataLoader(
+        _EvalItems(dataset, size), batch_size=batch_size, num_workers=workers, worker_init_fn=_ignore_interrupts
+    )
     start = 0
     for images, labels, readable, reasons in loader:
         for offset in (~readable).nonzero().flatten().tolist():
@@ -363,8 +407,10 @@ def report_unreadable(unreadable: Unreadable, dataset: ImageDataset) -> None:
     where = dataset.root or (dataset.files[0].parent if dataset.files else dataset.name)
     if unreadable.count == len(dataset):
         raise UserError(f"{where}: none of the {len(dataset)} images can be decoded (first: {unreadable.first})")
-    log.warning(f"{unreadable.count} of {len(dataset)} images under {where} could not be decoded and are left out "
-                f"of this evaluation split (first: {unreadable.first})")
+    log.warning(
+        f"{unreadable.count} of {len(dataset)} images under {where} could not be decoded and are left out "
+        f"of this evaluation split (first: {unreadable.first})"
+    )
 
 
 def dataset_images(dataset: ImageDataset, size: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -393,8 +439,14 @@ DATASETS = {
 }
 
 
-def load_dataset(name: str, data: str | None, split: str, load_size: int = 224, download: bool = True,
-                 classes: list[str] | None = None) -> ImageDataset:
+def load_dataset(
+    name: str,
+    data: str | None,
+    split: str,
+    load_size: int = 224,
+    download: bool = True,
+    classes: list[str] | None = None,
+) -> ImageDataset:
     """Split `split` ("train" or "test") of dataset `name` from `DATASETS`, found at `data` or its usual
     places. `classes`: the training split's class names, so a test split is numbered like it."""
     if name not in DATASETS:
@@ -433,9 +485,18 @@ class BatchStream:
     an index into it, in the same order: on CUDA, device memory instead of a host copy per step.
     """
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, workers: int = 2, pin_memory: bool = False,
-                 rank: int = 0, world_size: int = 1, max_bad_fraction: float = 0.01,
-                 device: torch.device | None = None, cache: DecodedCache | None = None):
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        workers: int = 2,
+        pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        max_bad_fraction: float = 0.01,
+        device: torch.device | None = None,
+        cache: DecodedCache | None = None,
+    ):
         if batch_size % world_size:
             raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size} processes")
         self.images, self.labels = dataset.images, dataset.labels
@@ -463,8 +524,9 @@ class BatchStream:
         count = len(self) if drop_last else -(-len(self.dataset) // self.batch_size)
         local = self.batch_size // self.world_size
         first = self.rank * local
-        batches = [order[i * self.batch_size:(i + 1) * self.batch_size][first:first + local]
-                   for i in range(start, count)]
+        batches = [
+            order[i * self.batch_size : (i + 1) * self.batch_size][first : first + local] for i in range(start, count)
+        ]
         if self.images is not None:
             for index in batches:
                 images = self.images[index]
@@ -472,8 +534,12 @@ class BatchStream:
                 yield (images.pin_memory() if self.pin_memory and not self.on_device else images), labels
             return
         loader = torch.utils.data.DataLoader(
-            _FolderItems(self.dataset, self.cache), batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
-            pin_memory=self.pin_memory, persistent_workers=False, worker_init_fn=_ignore_interrupts,
+            _FolderItems(self.dataset, self.cache),
+            batch_sampler=[b.tolist() for b in batches],
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+            worker_init_fn=_ignore_interrupts,
         )
         for images, labels, failed, reasons in loader:
             for index, reason in zip(failed.tolist(), reasons):
@@ -491,9 +557,11 @@ class BatchStream:
         # One bad file never stops a run on its own, unless the limit is 0 (strict).
         limit = max(1.0, self.max_bad_fraction * len(self.dataset)) if self.max_bad_fraction else 0.0
         if len(self.bad_files) > limit:
-            raise UserError(f"{len(self.bad_files)} of {len(self.dataset)} images under {self.dataset.root or path.parent} "
-                            f"cannot be decoded (latest: {path}: {reason}), more than --max-bad-fraction "
-                            f"{self.max_bad_fraction:g} allows: remove or fix them, or raise the limit")
+            raise UserError(
+                f"{len(self.bad_files)} of {len(self.dataset)} images under {self.dataset.root or path.parent} "
+                f"cannot be decoded (latest: {path}: {reason}), more than --max-bad-fraction "
+                f"{self.max_bad_fraction:g} allows: remove or fix them, or raise the limit"
+            )
 
     @property
     def bad_images(self) -> int:

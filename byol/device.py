@@ -93,8 +93,11 @@ class CpuInfo:
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
         family = fields.get("cpu family", "")
-        return cls(fields.get("vendor_id", ""), int(family) if family.isdigit() else 0,
-                   frozenset(fields.get("flags", "").split()))
+        return cls(
+            fields.get("vendor_id", ""),
+            int(family) if family.isdigit() else 0,
+            frozenset(fields.get("flags", "").split()),
+        )
 
 
 # (bf16?, why, applies to): the first rule that applies decides. Each entry is a measured CPU family:
@@ -102,8 +105,11 @@ class CpuInfo:
 CPU_BF16_RULES = (
     (True, "AMX on this CPU", lambda cpu: "amx_bf16" in cpu.flags),  # Sapphire Rapids and later
     # Zen 4 and Zen 5 run AVX512-BF16 natively at full width: 1.4-1.8x on a step (Zen 3 has no AVX-512)
-    (True, "AMD Zen 4 or later with AVX512-BF16", lambda cpu: cpu.vendor == "AuthenticAMD" and cpu.family >= 25
-     and "avx512_bf16" in cpu.flags),
+    (
+        True,
+        "AMD Zen 4 or later with AVX512-BF16",
+        lambda cpu: cpu.vendor == "AuthenticAMD" and cpu.family >= 25 and "avx512_bf16" in cpu.flags,
+    ),
     # Intel's AVX512-BF16 without AMX measured 0.81x on a step; without AVX512-BF16 bf16 is emulated
     (False, "no AMX, and not an AMD CPU with AVX512-BF16", lambda cpu: True),
 )

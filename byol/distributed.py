@@ -197,7 +197,7 @@ class _Gather(torch.autograd.Function):
         # Every rank's loss used every row: this rank's rows get the sum of all ranks' gradients.
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def gather(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -227,8 +227,9 @@ class _FusedSyncBatchNorm(torch.autograd.Function):
         dist.all_gather_into_tensor(gathered, torch.cat([mean, invstd, count]))
         means, invstds, counts = gathered.split([channels, channels, 1], dim=1)
         counts = counts.reshape(-1).to(running_mean.dtype if running_mean is not None else mean.dtype)
-        mean, invstd = torch.batch_norm_gather_stats_with_counts(x, means, invstds, running_mean, running_var,
-                                                                 momentum, eps, counts)
+        mean, invstd = torch.batch_norm_gather_stats_with_counts(
+            x, means, invstds, running_mean, running_var, momentum, eps, counts
+        )
         ctx.save_for_backward(x, weight, mean, invstd, counts.to(torch.int32))
         return torch.batch_norm_elemt(x, weight, bias, mean, invstd, eps)
 
@@ -239,8 +240,15 @@ class _FusedSyncBatchNorm(torch.autograd.Function):
         x, weight, mean, invstd, counts = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         sum_dy, sum_dy_xmu, grad_weight, grad_bias = torch.batch_norm_backward_reduce(
-            grad_out, x, mean, invstd, weight, needs_input, needs_weight and weight is not None,
-            needs_bias and weight is not None)
+            grad_out,
+            x,
+            mean,
+            invstd,
+            weight,
+            needs_input,
+            needs_weight and weight is not None,
+            needs_bias and weight is not None,
+        )
         grad_input = None
         if needs_input:
             channels = sum_dy.shape[0]
@@ -251,8 +259,15 @@ class _FusedSyncBatchNorm(torch.autograd.Function):
                 weight = weight.to(mean.dtype)
             grad_input = torch.batch_norm_backward_elemt(grad_out, x, mean, invstd, weight, sum_dy, sum_dy_xmu, counts)
         # the parameters' gradients are this rank's share; DDP averages them like every other gradient
-        return (grad_input, grad_weight if needs_weight else None, grad_bias if needs_bias else None,
-                None, None, None, None)
+        return (
+            grad_input,
+            grad_weight if needs_weight else None,
+            grad_bias if needs_bias else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -287,7 +302,7 @@ class SyncBatchNorm(_BatchNorm):
         totals = sum_over_ranks(torch.cat([centred.sum(dims), (centred * centred).sum(dims), count]))
         n = totals[-1]
         shifted_mean = totals[:channels] / n
-        var = (totals[channels:2 * channels] / n - shifted_mean * shifted_mean).clamp_min(0)
+        var = (totals[channels : 2 * channels] / n - shifted_mean * shifted_mean).clamp_min(0)
         mean = shifted_mean + shift
         if self.track_running_stats:
             with torch.no_grad():
@@ -305,8 +320,9 @@ class SyncBatchNorm(_BatchNorm):
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         # without running statistics (running_mean and running_var are None) the kernels ignore the momentum
         momentum = self._count_batch() if self.track_running_stats else 0.0
-        return _FusedSyncBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, self.eps,
-                                         momentum)
+        return _FusedSyncBatchNorm.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.eps, momentum
+        )
 
     @torch.no_grad()
     def _count_batch(self) -> float:
@@ -340,8 +356,10 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device, implementati
     unknown: dict[str, int] = {}
     converted = _convert(module, implementation, unknown)
     if unknown:
-        log.warning("batch norm not synchronized (per-process statistics): "
-                    + ", ".join(f"{count} × {name}" for name, count in sorted(unknown.items())))
+        log.warning(
+            "batch norm not synchronized (per-process statistics): "
+            + ", ".join(f"{count} × {name}" for name, count in sorted(unknown.items()))
+        )
     return converted
 
 
@@ -381,12 +399,14 @@ def wrap(learner: nn.Module, device: torch.device) -> nn.Module:
     re-broadcast from rank 0 each step only when some batch norm keeps per-process statistics."""
     if not is_distributed():
         return learner
-    per_process_norm = any(isinstance(m, _BatchNorm) and not isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm))
-                           for m in learner.modules())
+    per_process_norm = any(
+        isinstance(m, _BatchNorm) and not isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm)) for m in learner.modules()
+    )
     # torch 2.14 renamed the switch; both leave the initial broadcast of rank 0's buffers in place.
     switch = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_OPTIONS else "broadcast_buffers"
-    return DistributedDataParallel(learner, device_ids=[device.index] if device.type == "cuda" else None,
-                                   **{switch: per_process_norm})
+    return DistributedDataParallel(
+        learner, device_ids=[device.index] if device.type == "cuda" else None, **{switch: per_process_norm}
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -406,5 +426,5 @@ def average_gradients(parameters) -> None:
     flat /= dist.get_world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()

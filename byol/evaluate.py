@@ -42,9 +42,16 @@ BANK_CHUNK_BYTES = 256 * 2**20  # bank rows normalised and compared at a time: t
 
 
 @torch.no_grad()
-def knn_predict_many(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                     ks: tuple[int, ...], num_classes: int, temperature: float = 0.07,
-                     chunk: int = 1024, device: torch.device | None = None) -> dict[int, torch.Tensor]:
+def knn_predict_many(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    ks: tuple[int, ...],
+    num_classes: int,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+    device: torch.device | None = None,
+) -> dict[int, torch.Tensor]:
     """Class scores (N_test, classes) on the CPU for each k from one similarity pass: the k nearest are a
     prefix of the largest k's sorted neighbours, so k=20 beside k=200 costs no second matmul over the bank.
 
@@ -60,7 +67,7 @@ def knn_predict_many(train_features: torch.Tensor, train_labels: torch.Tensor, t
     normalised = [(0, F.normalize(train_features.to(device).float(), dim=1))] if small else None
     scores = {k: [] for k in ks}
     for start in range(0, len(test_features), chunk):
-        query = F.normalize(test_features[start:start + chunk].to(device).float(), dim=1)
+        query = F.normalize(test_features[start : start + chunk].to(device).float(), dim=1)
         similarity, index = _nearest(query, normalised or _bank_chunks(train_features, rows, device), widest)
         weights = (similarity / temperature).exp()
         neighbour_labels = bank_labels[index]
@@ -73,7 +80,7 @@ def knn_predict_many(train_features: torch.Tensor, train_labels: torch.Tensor, t
 
 def _bank_chunks(bank: torch.Tensor, rows: int, device: torch.device):
     for start in range(0, len(bank), rows):
-        yield start, F.normalize(bank[start:start + rows].to(device).float(), dim=1)
+        yield start, F.normalize(bank[start : start + rows].to(device).float(), dim=1)
 
 
 def _nearest(query: torch.Tensor, chunks, k: int):
@@ -91,8 +98,15 @@ def _nearest(query: torch.Tensor, chunks, k: int):
     return best_similarity, best_index
 
 
-def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor, k: int,
-                num_classes: int, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    k: int,
+    num_classes: int,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Class scores (N_test, classes) from a cosine-similarity kNN with exp(sim/T) weighted votes."""
     return knn_predict_many(train_features, train_labels, test_features, (k,), num_classes, temperature, chunk)[k]
 
@@ -103,18 +117,36 @@ def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> fl
     return 100.0 * hits.float().mean().item()
 
 
-def knn_accuracies(train_features, train_labels, test_features, test_labels, num_classes, ks=(200, 20),
-                   temperature=0.07, device: torch.device | None = None) -> dict[int, float]:
+def knn_accuracies(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes,
+    ks=(200, 20),
+    temperature=0.07,
+    device: torch.device | None = None,
+) -> dict[int, float]:
     """Top-1 for each k in `ks`, from one pass over the bank."""
-    scores = knn_predict_many(train_features, train_labels, test_features, tuple(ks), num_classes, temperature,
-                              device=device)
+    scores = knn_predict_many(
+        train_features, train_labels, test_features, tuple(ks), num_classes, temperature, device=device
+    )
     return {k: top_k_accuracy(s, test_labels.cpu()) for k, s in scores.items()}
 
 
-def knn_accuracy(train_features, train_labels, test_features, test_labels, num_classes, k=200,
-                 temperature=0.07, device: torch.device | None = None) -> float:
-    return knn_accuracies(train_features, train_labels, test_features, test_labels, num_classes, (k,), temperature,
-                          device)[k]
+def knn_accuracy(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes,
+    k=200,
+    temperature=0.07,
+    device: torch.device | None = None,
+) -> float:
+    return knn_accuracies(
+        train_features, train_labels, test_features, test_labels, num_classes, (k,), temperature, device
+    )[k]
 
 
 # ---------------------------------------------------------------- linear probe on features
@@ -128,8 +160,9 @@ def _standardised(features: torch.Tensor, rows: torch.Tensor | slice, mean: torc
     return (features[rows].to(mean.device) - mean) / std
 
 
-def _fit_linear(features, labels, rows, mean, std, num_classes, weight_decays, epochs, batch_size, lr,
-                seed) -> list[nn.Linear]:
+def _fit_linear(
+    features, labels, rows, mean, std, num_classes, weight_decays, epochs, batch_size, lr, seed
+) -> list[nn.Linear]:
     """One linear head per weight decay, trained side by side on the same batches from the same start,
     on the standardised `features[rows]` (standardised a batch at a time, never copied whole).
 
@@ -147,7 +180,7 @@ def _fit_linear(features, labels, rows, mean, std, num_classes, weight_decays, e
     for _ in range(epochs):
         order = rows[torch.randperm(len(rows), generator=generator).to(rows.device)]
         for start in range(0, len(rows), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             x, y = _standardised(features, index, mean, std), labels[index]
             loss = sum(F.cross_entropy(head(x), y) for head in heads)
             optimizer.zero_grad()
@@ -161,13 +194,24 @@ def _fit_linear(features, labels, rows, mean, std, num_classes, weight_decays, e
 def _scores(head: nn.Linear, features, rows, mean, std) -> torch.Tensor:
     count = len(rows) if isinstance(rows, torch.Tensor) else len(features)
     rows = rows if isinstance(rows, torch.Tensor) else torch.arange(count, device=features.device)
-    return torch.cat([head(_standardised(features, rows[s:s + SCORE_CHUNK], mean, std))
-                      for s in range(0, count, SCORE_CHUNK)])
+    return torch.cat(
+        [head(_standardised(features, rows[s : s + SCORE_CHUNK], mean, std)) for s in range(0, count, SCORE_CHUNK)]
+    )
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, num_classes, epochs: int = 30,
-                 batch_size: int = 1024, lr: float = 0.1, weight_decays=(0.0, 1e-4, 1e-3),
-                 seed: int = 0, device: torch.device | None = None) -> dict:
+def linear_probe(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    num_classes,
+    epochs: int = 30,
+    batch_size: int = 1024,
+    lr: float = 0.1,
+    weight_decays=(0.0, 1e-4, 1e-3),
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> dict:
     """Top-1/top-5 of a linear classifier on frozen features; weight decay chosen on held-out train data.
 
     Trained on `device` (default: where the features are). Features standardised with the training
@@ -186,17 +230,34 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
     val_rows, fit_rows = order[:held_out], order[held_out:]
     best = weight_decays[0]
     if len(weight_decays) > 1:
-        heads = _fit_linear(train_features, train_labels, fit_rows, mean, std, num_classes, list(weight_decays),
-                            epochs, batch_size, lr, seed)
-        accuracies = [top_k_accuracy(_scores(head, train_features, val_rows, mean, std),
-                                     train_labels[val_rows.to(device)]) for head in heads]
+        heads = _fit_linear(
+            train_features,
+            train_labels,
+            fit_rows,
+            mean,
+            std,
+            num_classes,
+            list(weight_decays),
+            epochs,
+            batch_size,
+            lr,
+            seed,
+        )
+        accuracies = [
+            top_k_accuracy(_scores(head, train_features, val_rows, mean, std), train_labels[val_rows.to(device)])
+            for head in heads
+        ]
         best = weight_decays[accuracies.index(max(accuracies))]  # the first of equals, as before
     every_row = torch.arange(len(train_features), device=train_features.device)
-    head, = _fit_linear(train_features, train_labels, every_row, mean, std, num_classes, [best], epochs, batch_size,
-                        lr, seed)
+    (head,) = _fit_linear(
+        train_features, train_labels, every_row, mean, std, num_classes, [best], epochs, batch_size, lr, seed
+    )
     scores = _scores(head, test_features, None, mean, std)
-    return {"top1": top_k_accuracy(scores, test_labels, 1), "top5": top_k_accuracy(scores, test_labels, 5),
-            "weight_decay": best}
+    return {
+        "top1": top_k_accuracy(scores, test_labels, 1),
+        "top5": top_k_accuracy(scores, test_labels, 5),
+        "weight_decay": best,
+    }
 
 
 # ---------------------------------------------------------------- semi-supervised fine-tune
@@ -215,9 +276,20 @@ def balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> tor
     return torch.cat(chosen).sort().values
 
 
-def fine_tune(encoder: nn.Module, feature_dim: int, images: torch.Tensor, labels: torch.Tensor, test_batches,
-              num_classes: int, info: EncoderInfo, device: torch.device, epochs: int = 30, batch_size: int = 256,
-              lr: float = 0.05, seed: int = 0) -> dict:
+def fine_tune(
+    encoder: nn.Module,
+    feature_dim: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_batches,
+    num_classes: int,
+    info: EncoderInfo,
+    device: torch.device,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> dict:
     """Fine-tune encoder + linear head with crop + flip (SGD Nesterov, cosine); top-1/top-5 on the test split,
     which `test_batches()` yields as (uint8 images, labels, ...) batches."""
     torch.manual_seed(seed)
@@ -233,7 +305,7 @@ def fine_tune(encoder: nn.Module, feature_dim: int, images: torch.Tensor, labels
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images) - batch_size + 1, batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             x = images[index].to(device).float() / 255
             x, _ = crop_and_flip(x, info.image_size, crop)
             x = (x - normalise.mean) / normalise.std

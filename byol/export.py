@@ -97,11 +97,15 @@ def export_encoder(checkpoint: str | Path, out: str | Path, format: str | None =
     try:  # the promise made to the user, checked before anything is written
         target.load_state_dict({**state, **head}, strict=True)
     except RuntimeError as error:
-        raise UserError(f"{checkpoint}: the encoder does not fit {call} ({str(error).splitlines()[1].strip()[:160]})"
-                        ) from None
+        raise UserError(
+            f"{checkpoint}: the encoder does not fit {call} ({str(error).splitlines()[1].strip()[:160]})"
+        ) from None
     save_weights(out, {**state, **head}, {**metadata, "untrained_head": json.dumps(sorted(head))})
-    return {**report, "untrained_head": sorted(head),
-            "load": f"model = {call}; model.load_state_dict(safetensors.torch.load_file({str(out)!r}), strict=True)"}
+    return {
+        **report,
+        "untrained_head": sorted(head),
+        "load": f"model = {call}; model.load_state_dict(safetensors.torch.load_file({str(out)!r}), strict=True)",
+    }
 
 
 def original_model(info: EncoderInfo, library: str) -> tuple[nn.Module, str]:
@@ -110,9 +114,11 @@ def original_model(info: EncoderInfo, library: str) -> tuple[nn.Module, str]:
     if info.backbone in ARCHITECTURES:
         stem = resolve_stem(info.stem, info.image_size)
         if info.width != 1.0 or stem != "imagenet" or info.norm != "batch":
-            raise UserError(f"--format {library}: {info.backbone} at width {info.width:g} with the {stem} stem and "
-                            f"{info.norm} norm is byol's own variant; {library}'s class is width 1, imagenet stem, "
-                            "batch norm (--width 1 --stem imagenet to train one); --format safetensors or onnx")
+            raise UserError(
+                f"--format {library}: {info.backbone} at width {info.width:g} with the {stem} stem and "
+                f"{info.norm} norm is byol's own variant; {library}'s class is width 1, imagenet stem, "
+                "batch norm (--width 1 --stem imagenet to train one); --format safetensors or onnx"
+            )
         if library == "torchvision":
             return _torchvision_resnet(info), f"torchvision.models.{info.backbone}()"
         return zoo.original(f"timm:{info.backbone}", info.image_size, info.in_channels)
@@ -120,8 +126,10 @@ def original_model(info: EncoderInfo, library: str) -> tuple[nn.Module, str]:
     if own != library:
         raise UserError(f"--format {library}: {info.backbone} is a {own} model; use --format {own}")
     if library == "torchvision" and info.in_channels != 3:
-        raise UserError(f"--format torchvision: torchvision's classes take 3-channel images and this encoder takes "
-                        f"{info.in_channels}; --format safetensors or onnx")
+        raise UserError(
+            f"--format torchvision: torchvision's classes take 3-channel images and this encoder takes "
+            f"{info.in_channels}; --format safetensors or onnx"
+        )
     reason = zoo.problem(info.backbone)
     if reason:
         raise UserError(f"--format {library}: {reason}")
@@ -130,8 +138,10 @@ def original_model(info: EncoderInfo, library: str) -> tuple[nn.Module, str]:
 
 def _torchvision_resnet(info: EncoderInfo) -> nn.Module:
     if info.in_channels != 3:
-        raise UserError(f"--format torchvision: torchvision's {info.backbone} takes 3-channel images and this encoder "
-                        f"takes {info.in_channels}; --format timm (in_chans) or safetensors")
+        raise UserError(
+            f"--format torchvision: torchvision's {info.backbone} takes 3-channel images and this encoder "
+            f"takes {info.in_channels}; --format timm (in_chans) or safetensors"
+        )
     from torchvision import models  # over a second to import: only for this format
 
     return getattr(models, info.backbone)()
@@ -140,21 +150,34 @@ def _torchvision_resnet(info: EncoderInfo) -> nn.Module:
 def _export_onnx(encoder: nn.Module, info: EncoderInfo, out: Path) -> dict:
     if importlib.util.find_spec("onnxscript") is None:
         raise UserError("--format onnx needs the onnx exporter: pip install 'byol[onnx]' (onnx, onnxscript)")
-    example = torch.randn(2, info.in_channels, info.image_size, info.image_size, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(
+        2, info.in_channels, info.image_size, info.image_size, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         expected = encoder(example)
     with tempfile.TemporaryDirectory() as scratch:
         graph = Path(scratch) / "encoder.onnx"
         try:
-            program = torch.onnx.export(encoder, (example,), dynamo=True, verbose=False, input_names=["images"],
-                                        output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+            program = torch.onnx.export(
+                encoder,
+                (example,),
+                dynamo=True,
+                verbose=False,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
             program.save(str(graph))
-        except Exception as error:  # noqa: BLE001 - the exporter raises many types; each means "cannot export"
+        except Exception as error:
             raise UserError(f"{info.backbone}: torch.onnx.export failed ({str(error).splitlines()[0][:200]})") from None
         checked = _check_onnx(graph, example, expected)
         atomic_write(out, lambda tmp: Path(tmp).write_bytes(graph.read_bytes()))
-    return {"input": ["batch", info.in_channels, info.image_size, info.image_size], **checked,
-            "mean": list(info.mean), "std": list(info.std)}
+    return {
+        "input": ["batch", info.in_channels, info.image_size, info.image_size],
+        **checked,
+        "mean": list(info.mean),
+        "std": list(info.std),
+    }
 
 
 def _check_onnx(graph: Path, example: torch.Tensor, expected: torch.Tensor) -> dict:
@@ -168,6 +191,8 @@ def _check_onnx(graph: Path, example: torch.Tensor, expected: torch.Tensor) -> d
     difference = float((torch.from_numpy(got) - expected).abs().max())
     scale = float(expected.abs().max()) or 1.0
     if difference > ONNX_TOLERANCE * scale:
-        raise UserError(f"{graph.name}: onnxruntime differs from PyTorch by {difference:.3g} (features up to "
-                        f"{scale:.3g}); not written")
+        raise UserError(
+            f"{graph.name}: onnxruntime differs from PyTorch by {difference:.3g} (features up to "
+            f"{scale:.3g}); not written"
+        )
     return {"onnxruntime_checked": True, "onnxruntime_max_abs_diff": difference}

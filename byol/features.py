@@ -26,15 +26,23 @@ RAW_PIXEL_SIDE = 32
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, images: torch.Tensor, transform: nn.Module, device: torch.device,
-                     batch_size: int = 512, keep_on_device: bool = False) -> torch.Tensor:
+def extract_features(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    transform: nn.Module,
+    device: torch.device,
+    batch_size: int = 512,
+    keep_on_device: bool = False,
+) -> torch.Tensor:
     """Pooled representations (N, D) in float32 of uint8 images (N, C, H, W), encoder in eval mode.
 
     On CUDA each chunk goes up from pinned memory without blocking, and the features stay on the
     device until the end (one copy back, unless `keep_on_device`), so the host never waits per chunk.
     """
-    chunks = [encode(encoder, images[start:start + batch_size], transform, device)
-              for start in range(0, len(images), batch_size)]
+    chunks = [
+        encode(encoder, images[start : start + batch_size], transform, device)
+        for start in range(0, len(images), batch_size)
+    ]
     features = torch.cat(chunks) if chunks else torch.empty(0, device=device)
     return features if keep_on_device else features.cpu()
 
@@ -59,8 +67,9 @@ def pixel_features(images: torch.Tensor, mean, std) -> torch.Tensor:
     resized to RAW_PIXEL_SIDE (bilinear, antialiased), or the baseline would need C·H·W floats each."""
     x = images.float() / 255
     if x.shape[-1] > RAW_PIXEL_MAX_SIDE or x.shape[-2] > RAW_PIXEL_MAX_SIDE:
-        x = F.interpolate(x, size=(RAW_PIXEL_SIDE, RAW_PIXEL_SIDE), mode="bilinear", antialias=True,
-                          align_corners=False)
+        x = F.interpolate(
+            x, size=(RAW_PIXEL_SIDE, RAW_PIXEL_SIDE), mode="bilinear", antialias=True, align_corners=False
+        )
     x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     return x.flatten(1)
 
@@ -82,11 +91,11 @@ class FeatureStore:
         self.filled = 0
 
     def append(self, batch: torch.Tensor) -> None:
-        self.data[self.filled:self.filled + len(batch)] = batch.cpu()
+        self.data[self.filled : self.filled + len(batch)] = batch.cpu()
         self.filled += len(batch)
 
     def tensor(self) -> torch.Tensor:
-        return self.data[:self.filled]
+        return self.data[: self.filled]
 
 
 @dataclass
@@ -99,8 +108,13 @@ class SplitFeatures:
     unreadable: int
 
 
-def split_features(dataset: ImageDataset, size: int, extractors: dict[str, Callable[[torch.Tensor], torch.Tensor]],
-                   batch_size: int = 256, workers: int = 0) -> SplitFeatures:
+def split_features(
+    dataset: ImageDataset,
+    size: int,
+    extractors: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    batch_size: int = 256,
+    workers: int = 0,
+) -> SplitFeatures:
     """The features of every decodable image of a split, one decoding pass for all extractors (each maps a
     uint8 batch to (B, D)). Unreadable files are left out with their labels, named in one warning; a split
     with none readable is an error."""
@@ -118,9 +132,13 @@ def split_features(dataset: ImageDataset, size: int, extractors: dict[str, Calla
                 stores[name] = FeatureStore(len(dataset), features.shape[1])
             stores[name].append(features)
         if labels is not None:
-            labels[filled:filled + len(images)] = batch_labels
-        positions[filled:filled + len(images)] = batch_positions
+            labels[filled : filled + len(images)] = batch_labels
+        positions[filled : filled + len(images)] = batch_positions
         filled += len(images)
     report_unreadable(unreadable, dataset)
-    return SplitFeatures({name: store.tensor() for name, store in stores.items()},
-                         labels[:filled] if labels is not None else None, positions[:filled], unreadable.count)
+    return SplitFeatures(
+        {name: store.tensor() for name, store in stores.items()},
+        labels[:filled] if labels is not None else None,
+        positions[:filled],
+        unreadable.count,
+    )

@@ -171,24 +171,34 @@ class DecodedCache:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             shape = (self.count, 3, self.size, self.size)
-            for suffix, dtype, length in ((".images", np.uint8, int(np.prod(shape))), (".state", np.uint8, self.count),
-                                          (".crc", np.uint32, self.count)):
+            for suffix, dtype, length in (
+                (".images", np.uint8, int(np.prod(shape))),
+                (".state", np.uint8, self.count),
+                (".crc", np.uint32, self.count),
+            ):
                 path = self.stem.with_suffix(suffix)
                 wanted = length * np.dtype(dtype).itemsize
                 if not path.exists() or path.stat().st_size != wanted:
                     with open(path, "wb") as f:  # sparse: the disk fills as images are decoded
                         f.truncate(wanted)
-            meta = {"format": "byol-decoded-cache-v1", "images": self.count, "size": self.size,
-                    "bytes": int(np.prod(shape))}
+            meta = {
+                "format": "byol-decoded-cache-v1",
+                "images": self.count,
+                "size": self.size,
+                "bytes": int(np.prod(shape)),
+            }
             self.stem.with_suffix(".json").write_text(json.dumps(meta) + "\n")
         except OSError as error:
-            raise UserError(f"{self.directory}: cannot create the decoded cache ({error.strerror or error}) "
-                            "(option --cache-decoded)") from None
+            raise UserError(
+                f"{self.directory}: cannot create the decoded cache ({error.strerror or error}) "
+                "(option --cache-decoded)"
+            ) from None
 
     def _open(self):
         if self._maps is None or self._pid != os.getpid():  # a fresh map in each worker process
-            images = np.memmap(self.stem.with_suffix(".images"), np.uint8, "r+",
-                               shape=(self.count, 3, self.size, self.size))
+            images = np.memmap(
+                self.stem.with_suffix(".images"), np.uint8, "r+", shape=(self.count, 3, self.size, self.size)
+            )
             state = np.memmap(self.stem.with_suffix(".state"), np.uint8, "r+", shape=(self.count,))
             crc = np.memmap(self.stem.with_suffix(".crc"), np.uint32, "r+", shape=(self.count,))
             self._maps, self._pid = (images, state, crc), os.getpid()

@@ -47,9 +47,16 @@ class GraphedStep:
 
     WARMUP_STEPS = 3  # torch's documentation warms up with three; DDP would need eleven
 
-    def __init__(self, learner: torch.nn.Module, augment: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, memory_format: torch.memory_format, amp_dtype: torch.dtype | None,
-                 warmup_steps: int = WARMUP_STEPS):
+    def __init__(
+        self,
+        learner: torch.nn.Module,
+        augment: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        memory_format: torch.memory_format,
+        amp_dtype: torch.dtype | None,
+        warmup_steps: int = WARMUP_STEPS,
+    ):
         self.learner, self.augment, self.optimizer, self.scaler = learner, augment, optimizer, scaler
         self.memory_format, self.amp_dtype = memory_format, amp_dtype
         self.warmup_left = warmup_steps
@@ -63,9 +70,19 @@ class GraphedStep:
             self.warmup_left -= 1
             # autocast as in the capture: torch.compile guards on its state, and a compiled learner must not
             # recompile inside the capture
-            return self._on_side_stream(lambda: training_step(self.learner, self.augment, self.optimizer, self.scaler,
-                                                              images, tau, self.memory_format, self.amp_dtype,
-                                                              autocast_cache=False))
+            return self._on_side_stream(
+                lambda: training_step(
+                    self.learner,
+                    self.augment,
+                    self.optimizer,
+                    self.scaler,
+                    images,
+                    tau,
+                    self.memory_format,
+                    self.amp_dtype,
+                    autocast_cache=False,
+                )
+            )
         key = graph_key(self.learner)
         if self.graph is None or key != self._key or images.shape != self._images.shape:
             self._capture(images, key)
@@ -96,8 +113,15 @@ class GraphedStep:
         # thread_local: the pin-memory thread of a folder run may allocate pinned memory meanwhile, which the
         # default ("global") would count as an error in this capture; torch's own cudagraph trees do the same.
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._loss, self._outputs = forward_backward(self.learner, self.augment, self.scaler, self._images,
-                                                         self.memory_format, self.amp_dtype, autocast_cache=False)
+            self._loss, self._outputs = forward_backward(
+                self.learner,
+                self.augment,
+                self.scaler,
+                self._images,
+                self.memory_format,
+                self.amp_dtype,
+                autocast_cache=False,
+            )
         self.graph, self._key = graph, key
         self._grads = [(param, param.grad) for param in self.learner.parameters() if param.grad is not None]
         self.captures += 1

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mlp(dims: list[int], batch_norm: bool = True, activation=nn.ReLU, bias: bool = True,
-        last_bias: bool = True) -> nn.Sequential:
+def mlp(
+    dims: list[int], batch_norm: bool = True, activation=nn.ReLU, bias: bool = True, last_bias: bool = True
+) -> nn.Sequential:
     """Linear [→ BN] → activation between each pair of `dims`; the last Linear alone."""
     layers = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):

@@ -47,8 +47,9 @@ class Learner(nn.Module):
         super().__init__()
         self.step, self.epoch = 0, 0.0
 
-    def attach_encoder(self, backbone: nn.Module, feature_dim: int | None = None,
-                       input_shape: tuple[int, int, int] | None = None) -> int:
+    def attach_encoder(
+        self, backbone: nn.Module, feature_dim: int | None = None, input_shape: tuple[int, int, int] | None = None
+    ) -> int:
         """Make `backbone` the online encoder and return the size D of its (B, D) features: `feature_dim` when
         given, else what `feature_size` finds. The heads are built on D, after the encoder, so it stays the
         first module (parameter order, and with it optimizer state, is unchanged)."""

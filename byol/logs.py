@@ -126,9 +126,11 @@ class StepLogger:
         if is_collapsed(record, record["embedding_dim"]) != self.collapsed:
             self.collapsed = not self.collapsed
             if self.collapsed:
-                log.warning(f"the representation has collapsed at step {record['step']} (embedding_std "
-                            f"{record['embedding_std']:.4f}, effective_rank {record['effective_rank']:.2f}); "
-                            "see docs/ablations.md")
+                log.warning(
+                    f"the representation has collapsed at step {record['step']} (embedding_std "
+                    f"{record['embedding_std']:.4f}, effective_rank {record['effective_rank']:.2f}); "
+                    "see docs/ablations.md"
+                )
             else:
                 log.info(f"step {record['step']}: no longer collapsed")
         self.write(record)
@@ -138,8 +140,9 @@ class StepLogger:
         fields = {"loss": record["loss"]}
         if "tau" in record:
             fields["tau"] = record["tau"]
-        fields.update({"lr": record["lr"], "img/s": round(record["images_per_s"]),
-                       "rank": round(record["effective_rank"], 1)})
+        fields.update(
+            {"lr": record["lr"], "img/s": round(record["images_per_s"]), "rank": round(record["effective_rank"], 1)}
+        )
         if self.collapsed:
             fields["COLLAPSED"] = "yes"
         for key, name in (("probe_top1", "probe"), ("knn_top1", "knn")):

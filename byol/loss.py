@@ -18,8 +18,9 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return 2 - 2 * (p * z).sum(dim=-1)
 
 
-def negatives_term(p: torch.Tensor, z_same_view: torch.Tensor, z_other_view: torch.Tensor,
-                   temperature: float, offset: int = 0) -> torch.Tensor:
+def negatives_term(
+    p: torch.Tensor, z_same_view: torch.Tensor, z_other_view: torch.Tensor, temperature: float, offset: int = 0
+) -> torch.Tensor:
     """Per-sample repulsive term of the paper's InfoNCE_{α,β} (appendix, "adding negatives").
 
     2α·ln( Σ_{j≠i} exp(S(vᵢ, vⱼ)/α) + Σ_j exp(S(vᵢ, v'ⱼ)/α) ), where S is the cosine between the
@@ -37,8 +38,14 @@ def negatives_term(p: torch.Tensor, z_same_view: torch.Tensor, z_other_view: tor
     return 2 * temperature * torch.logsumexp(torch.cat([same, other], dim=1), dim=1)
 
 
-def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float, all_z1: torch.Tensor | None = None,
-                 all_z2: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+def nt_xent_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float,
+    all_z1: torch.Tensor | None = None,
+    all_z2: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """SimCLR's normalised-temperature cross-entropy, averaged over the 2B anchors of (z1, z2).
 
     Each anchor's positive is the other view of its image; the other 2N − 2 embeddings are negatives,
@@ -93,9 +100,15 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float 
     return on_diagonal + lambda_offdiag * off_diagonal
 
 
-def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
-                cov_weight: float = 1.0, all_z1: torch.Tensor | None = None,
-                all_z2: torch.Tensor | None = None) -> torch.Tensor:
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    all_z1: torch.Tensor | None = None,
+    all_z2: torch.Tensor | None = None,
+) -> torch.Tensor:
     """VICReg as its official code computes it: sim·MSE(z1, z2) + var·(hinge on each feature's std)/2 per
     branch + cov·(sum of squared off-diagonal covariances)/D per branch. The invariance term is on this
     process's rows; variance and covariance on `all_z1`/`all_z2` (every rank's rows; default z1, z2)."""
@@ -113,8 +126,9 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, va
 
 
 @torch.no_grad()
-def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, all_reduce=None,
-             world_size: int = 1) -> torch.Tensor:
+def sinkhorn(
+    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, all_reduce=None, world_size: int = 1
+) -> torch.Tensor:
     """SwAV's soft assignments Q (n × K) of n samples to K prototypes from their scores, equipartitioned
     by `iterations` rounds of Sinkhorn-Knopp; each row sums to 1. Under torchrun, `all_reduce` (a sum over
     the `world_size` ranks) makes the prototype marginals those of the global batch, as the official code
@@ -132,8 +146,13 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, a
     return (q * batch).T
 
 
-def swav_loss(scores_per_crop: list[torch.Tensor], n_assigned: int = 2, temperature: float = 0.1,
-              epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+def swav_loss(
+    scores_per_crop: list[torch.Tensor],
+    n_assigned: int = 2,
+    temperature: float = 0.1,
+    epsilon: float = 0.05,
+    iterations: int = 3,
+) -> torch.Tensor:
     """SwAV's swapped prediction in one process, without a queue: for each of the first `n_assigned` crops,
     Sinkhorn codes from its scores predict, through softmax(scores / T), every other crop; averaged over
     the other crops, then over the assigned ones. (byol.SwAV adds the queue and the cross-rank sums.)"""
@@ -144,20 +163,33 @@ def swav_loss(scores_per_crop: list[torch.Tensor], n_assigned: int = 2, temperat
     return loss / n_assigned
 
 
-def swapped_prediction(codes: torch.Tensor, scores_per_crop: list[torch.Tensor], assigned: int,
-                       temperature: float) -> torch.Tensor:
+def swapped_prediction(
+    codes: torch.Tensor, scores_per_crop: list[torch.Tensor], assigned: int, temperature: float
+) -> torch.Tensor:
     """−mean_b Σ_k codes · log softmax(scores_v / T), averaged over every crop v other than `assigned`."""
-    terms = [-(codes * F.log_softmax(scores.float() / temperature, dim=1)).sum(dim=1).mean()
-             for v, scores in enumerate(scores_per_crop) if v != assigned]
+    terms = [
+        -(codes * F.log_softmax(scores.float() / temperature, dim=1)).sum(dim=1).mean()
+        for v, scores in enumerate(scores_per_crop)
+        if v != assigned
+    ]
     return sum(terms) / len(terms)
 
 
-def dino_loss(student_per_crop: list[torch.Tensor], teacher_per_crop: list[torch.Tensor], center: torch.Tensor,
-              student_temperature: float = 0.1, teacher_temperature: float = 0.04) -> torch.Tensor:
+def dino_loss(
+    student_per_crop: list[torch.Tensor],
+    teacher_per_crop: list[torch.Tensor],
+    center: torch.Tensor,
+    student_temperature: float = 0.1,
+    teacher_temperature: float = 0.04,
+) -> torch.Tensor:
     """DINO's cross-entropy between the centred, sharpened teacher distribution of each global crop and
     the student's distribution of every other crop, averaged over all such pairs."""
     targets = [F.softmax((t.detach().float() - center) / teacher_temperature, dim=1) for t in teacher_per_crop]
     log_probs = [F.log_softmax(s.float() / student_temperature, dim=1) for s in student_per_crop]
-    terms = [-(target * log_probs[v]).sum(dim=1).mean()
-             for i, target in enumerate(targets) for v in range(len(log_probs)) if v != i]
+    terms = [
+        -(target * log_probs[v]).sum(dim=1).mean()
+        for i, target in enumerate(targets)
+        for v in range(len(log_probs))
+        if v != i
+    ]
     return sum(terms) / len(terms)

@@ -76,7 +76,9 @@ class BYOL(Learner):
         self.negatives_beta = negatives_beta
         self.temperature = temperature
         self.online_projector = MLPHead(feature_dim, projector_hidden_dim, projection_dim, norm)
-        self.predictor = MLPHead(projection_dim, predictor_hidden_dim, projection_dim, norm) if predictor else nn.Identity()
+        self.predictor = (
+            MLPHead(projection_dim, predictor_hidden_dim, projection_dim, norm) if predictor else nn.Identity()
+        )
         self.target_encoder = copy.deepcopy(self.online_encoder)
         self.target_projector = copy.deepcopy(self.online_projector)
         for param in self.target_parameters():
@@ -99,8 +101,9 @@ class BYOL(Learner):
     def target(self, view: torch.Tensor) -> torch.Tensor:
         return self.target_projector(self.target_encoder(view))
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,
-                return_outputs: bool = False):
+    def forward(
+        self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor, return_outputs: bool = False
+    ):
         """Symmetrised loss ℓ(p₁, z₂) + ℓ(p₂, z₁), averaged over the batch (summed over the two terms,
         as the paper does: averaging them would halve the gradient against weight decay).
 
@@ -118,7 +121,8 @@ class BYOL(Learner):
             (all_z1, offset), (all_z2, _) = gather(z1), gather(z2)
             per_sample = per_sample + self.negatives_beta * (
                 negatives_term(p1, all_z1, all_z2, self.temperature, offset)
-                + negatives_term(p2, all_z2, all_z1, self.temperature, offset))
+                + negatives_term(p2, all_z2, all_z1, self.temperature, offset)
+            )
         loss = per_sample.mean()
         if return_outputs:
             return loss, ViewOutputs((y1, y2), (g1, g2))

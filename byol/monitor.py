@@ -28,8 +28,9 @@ from .schedules import learning_rate
 
 
 class Monitor:
-    def __init__(self, cfg, dataset, feature_dim: int, image_size: int, device: torch.device, total_steps: int,
-                 main: bool = True):
+    def __init__(
+        self, cfg, dataset, feature_dim: int, image_size: int, device: torch.device, total_steps: int, main: bool = True
+    ):
         self.device = device
         self.total_steps = total_steps
         self.knn_every = cfg.knn_every
@@ -40,8 +41,9 @@ class Monitor:
             # Initialised from its own seed so the global RNG (augmentations) is untouched.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + 3)
-                probe = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
-                                      nn.Linear(feature_dim, dataset.num_classes)).to(device)
+                probe = nn.Sequential(
+                    nn.BatchNorm1d(feature_dim, affine=False), nn.Linear(feature_dim, dataset.num_classes)
+                ).to(device)
             self.probe = convert_sync_batchnorm(probe, device) if is_distributed() else probe
             self.optimizer = torch.optim.SGD(self.probe.parameters(), lr=0.1, momentum=0.9, nesterov=True)
             self.correct = torch.zeros((), device=device)
@@ -98,8 +100,15 @@ class Monitor:
         extract = {"encoder": lambda images: encode(encoder, images, transform, self.device)}
         bank = split_features(self.bank, self.size, extract, batch_size=512, workers=self.workers)
         test = split_features(self.test, self.size, extract, batch_size=512, workers=self.workers)
-        return knn_accuracy(bank.features["encoder"], bank.labels, test.features["encoder"], test.labels,
-                            self.num_classes, k=200, device=self.device)
+        return knn_accuracy(
+            bank.features["encoder"],
+            bank.labels,
+            test.features["encoder"],
+            test.labels,
+            self.num_classes,
+            k=200,
+            device=self.device,
+        )
 
     # ---- resume
 

@@ -46,8 +46,17 @@ def weight_standardize_(module: nn.Module) -> nn.Module:
     """Swap every Conv2d in `module` for a WSConv2d holding the same parameters; in place."""
     for name, child in module.named_children():
         if type(child) is nn.Conv2d:
-            ws = WSConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                          child.dilation, child.groups, child.bias is not None, child.padding_mode)
+            ws = WSConv2d(
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,
+                child.stride,
+                child.padding,
+                child.dilation,
+                child.groups,
+                child.bias is not None,
+                child.padding_mode,
+            )
             ws.weight = child.weight
             ws.bias = child.bias
             setattr(module, name, ws)

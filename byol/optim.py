@@ -106,8 +106,11 @@ class LARS(torch.optim.Optimizer):
             param_norms = torch.stack(torch._foreach_norm(params))
             grad_norms = torch.stack(torch._foreach_norm(grads))
             # torch.where keeps this free of host-device synchronisation.
-            trust = torch.where((param_norms > 0) & (grad_norms > 0),
-                                group["trust_coefficient"] * param_norms / grad_norms, torch.ones_like(param_norms))
+            trust = torch.where(
+                (param_norms > 0) & (grad_norms > 0),
+                group["trust_coefficient"] * param_norms / grad_norms,
+                torch.ones_like(param_norms),
+            )
             if group.get("clip_lr") and group["lr"] > 0:
                 trust = torch.clamp(trust / group["lr"], max=1.0)
             grads = torch._foreach_mul(grads, trust.unbind())
@@ -139,9 +142,15 @@ def _adamw(groups: list[dict], momentum: float, trust_coefficient: float, clip_l
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"lars": _lars, "sgd": _sgd, "adamw": _adamw}
 
 
-def build_optimizer(name: str, model: nn.Module, weight_decay: float, momentum: float = 0.9,
-                    trust_coefficient: float = 1e-3, clip_lr: bool = False,
-                    excluded_lr_multiplier: float = 1.0) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str,
+    model: nn.Module,
+    weight_decay: float,
+    momentum: float = 0.9,
+    trust_coefficient: float = 1e-3,
+    clip_lr: bool = False,
+    excluded_lr_multiplier: float = 1.0,
+) -> torch.optim.Optimizer:
     """An optimizer from `OPTIMIZERS` over `lars_param_groups(model, ...)`, at LR 0."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{name}'; choose one of {', '.join(OPTIMIZERS)}")

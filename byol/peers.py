@@ -49,13 +49,16 @@ def lightly_step(backbone: str, width: float, image_size: int, images: torch.Ten
 
     device = images.device
     encoder = build_backbone(backbone, width, image_size, images.shape[1])
-    online = torch.nn.ModuleDict({
-        "backbone": encoder,
-        "projection": BYOLProjectionHead(encoder.feature_dim, 4096, 256),
-        "prediction": BYOLPredictionHead(256, 4096, 256),
-    }).to(device)
-    target = torch.nn.ModuleDict({"backbone": copy.deepcopy(online["backbone"]),
-                                  "projection": copy.deepcopy(online["projection"])})
+    online = torch.nn.ModuleDict(
+        {
+            "backbone": encoder,
+            "projection": BYOLProjectionHead(encoder.feature_dim, 4096, 256),
+            "prediction": BYOLPredictionHead(256, 4096, 256),
+        }
+    ).to(device)
+    target = torch.nn.ModuleDict(
+        {"backbone": copy.deepcopy(online["backbone"]), "projection": copy.deepcopy(online["projection"])}
+    )
     deactivate_requires_grad(target)
     transform = BYOLTransform(BYOLView1Transform(input_size=image_size), BYOLView2Transform(input_size=image_size))
     criterion = NegativeCosineSimilarity()

@@ -29,7 +29,9 @@ def parse_protocols(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in names if p not in PROTOCOLS]
     if unknown or not names:
-        raise UserError(f"--protocol: unknown protocol {', '.join(unknown) or '(none)'}; choose from {', '.join(PROTOCOLS)}")
+        raise UserError(
+            f"--protocol: unknown protocol {', '.join(unknown) or '(none)'}; choose from {', '.join(PROTOCOLS)}"
+        )
     return names
 
 
@@ -40,30 +42,63 @@ def load_splits(dataset_name: str, data: str | None, info: EncoderInfo, checkpoi
     if train.labels is None or test.labels is None:
         raise UserError(f"{dataset_name}: evaluation needs labels (sub-folders per class for --dataset folder)")
     if train.channels != info.in_channels:
-        raise UserError(f"{checkpoint}: encoder expects {info.in_channels}-channel images, {dataset_name} has "
-                        f"{train.channels}")
+        raise UserError(
+            f"{checkpoint}: encoder expects {info.in_channels}-channel images, {dataset_name} has {train.channels}"
+        )
     return train, test
 
 
-def _score_features(prefix: str, train: SplitFeatures, test: SplitFeatures, num_classes: int, protocols, report,
-                    linear_epochs, device: torch.device) -> None:
+def _score_features(
+    prefix: str,
+    train: SplitFeatures,
+    test: SplitFeatures,
+    num_classes: int,
+    protocols,
+    report,
+    linear_epochs,
+    device: torch.device,
+) -> None:
     name = prefix or "encoder"
     if "knn" in protocols:
-        accuracy = knn_accuracies(train.features[name], train.labels, test.features[name], test.labels, num_classes,
-                                  ks=(200, 20), device=device)
+        accuracy = knn_accuracies(
+            train.features[name],
+            train.labels,
+            test.features[name],
+            test.labels,
+            num_classes,
+            ks=(200, 20),
+            device=device,
+        )
         report[f"{prefix}knn_top1"], report[f"{prefix}knn20_top1"] = accuracy[200], accuracy[20]
     if "linear" in protocols:
-        result = linear_probe(train.features[name], train.labels, test.features[name], test.labels, num_classes,
-                              epochs=linear_epochs, device=device)
+        result = linear_probe(
+            train.features[name],
+            train.labels,
+            test.features[name],
+            test.labels,
+            num_classes,
+            epochs=linear_epochs,
+            device=device,
+        )
         report[f"{prefix}linear_top1"] = result["top1"]
         report[f"{prefix}linear_top5"] = result["top5"]
         report[f"{prefix}linear_weight_decay"] = result["weight_decay"]
 
 
-def evaluate_encoder(checkpoint: str, protocols: list[str], dataset_name: str | None = None, data: str | None = None,
-                     device: str = "auto", baselines: bool = True, linear_epochs: int = 30, semi_epochs: int = 30,
-                     seed: int = 0, quiet: bool = False, run_dir: Path | None = None,
-                     workers: int | None = None) -> dict:
+def evaluate_encoder(
+    checkpoint: str,
+    protocols: list[str],
+    dataset_name: str | None = None,
+    data: str | None = None,
+    device: str = "auto",
+    baselines: bool = True,
+    linear_epochs: int = 30,
+    semi_epochs: int = 30,
+    seed: int = 0,
+    quiet: bool = False,
+    run_dir: Path | None = None,
+    workers: int | None = None,
+) -> dict:
     """All requested protocols on the encoder in `checkpoint`, plus random-init and raw-pixel baselines.
     Each split is decoded once, in batches, for every encoder at the same time; only features are kept."""
     started = time.perf_counter()
@@ -84,20 +119,37 @@ def evaluate_encoder(checkpoint: str, protocols: list[str], dataset_name: str | 
         log.info(f"eval: features of {len(train)} + {len(test)} images ({', '.join(extractors)})")
         train_x = split_features(train, info.image_size, extractors, workers=workers)
         test_x = split_features(test, info.image_size, extractors, workers=workers)
-        report = {"checkpoint": str(checkpoint), "dataset": dataset_name, "backbone": info.backbone,
-                  "width": info.width, "image_size": info.image_size, "train_images": len(train_x.positions),
-                  "test_images": len(test_x.positions), "unreadable_train_images": train_x.unreadable,
-                  "unreadable_test_images": test_x.unreadable, "protocols": protocols,
-                  "linear_features": "precomputed from centre images (no augmentation)"}
+        report = {
+            "checkpoint": str(checkpoint),
+            "dataset": dataset_name,
+            "backbone": info.backbone,
+            "width": info.width,
+            "image_size": info.image_size,
+            "train_images": len(train_x.positions),
+            "test_images": len(test_x.positions),
+            "unreadable_train_images": train_x.unreadable,
+            "unreadable_test_images": test_x.unreadable,
+            "protocols": protocols,
+            "linear_features": "precomputed from centre images (no augmentation)",
+        }
         if "raw_pixel_" in extractors and info.image_size > RAW_PIXEL_MAX_SIDE:
             report["raw_pixel_size"] = RAW_PIXEL_SIDE
         for prefix in extractors:
             log.info(f"eval: scoring {'the encoder' if prefix == 'encoder' else prefix.rstrip('_')}")
-            _score_features("" if prefix == "encoder" else prefix, train_x, test_x, train.num_classes, protocols,
-                            report, linear_epochs, device)
+            _score_features(
+                "" if prefix == "encoder" else prefix,
+                train_x,
+                test_x,
+                train.num_classes,
+                protocols,
+                report,
+                linear_epochs,
+                device,
+            )
         if "semi" in protocols:
-            _semi_supervised(checkpoint, info, train, train_x, test, device, baselines, semi_epochs, seed, report,
-                             run_dir, workers)
+            _semi_supervised(
+                checkpoint, info, train, train_x, test, device, baselines, semi_epochs, seed, report, run_dir, workers
+            )
     report["eval_wall_s"] = time.perf_counter() - started
     report["_test_features"] = test_x.features["encoder"]
     report["_test_labels"] = test_x.labels
@@ -105,8 +157,9 @@ def evaluate_encoder(checkpoint: str, protocols: list[str], dataset_name: str | 
     return report
 
 
-def _semi_supervised(checkpoint, info, train, train_x: SplitFeatures, test, device, baselines, epochs, seed, report,
-                     run_dir, workers) -> None:
+def _semi_supervised(
+    checkpoint, info, train, train_x: SplitFeatures, test, device, baselines, epochs, seed, report, run_dir, workers
+) -> None:
     """Fine-tunes on seeded class-balanced label subsets; the subsets are saved beside eval.json. Only the
     labelled subset's pixels are held in memory; the test split is decoded a batch at a time."""
     subsets = {}
@@ -119,9 +172,18 @@ def _semi_supervised(checkpoint, info, train, train_x: SplitFeatures, test, devi
         for prefix, make in makers.items():
             if prefix and not baselines:
                 continue
-            result = fine_tune(make(), info.feature_dim, images, labels,
-                               lambda: iterate_split(test, info.image_size, 512, workers), train.num_classes, info,
-                               device, epochs=epochs, seed=seed)
+            result = fine_tune(
+                make(),
+                info.feature_dim,
+                images,
+                labels,
+                lambda: iterate_split(test, info.image_size, 512, workers),
+                train.num_classes,
+                info,
+                device,
+                epochs=epochs,
+                seed=seed,
+            )
             report[f"{prefix}semi_{name}_top1"] = result["top1"]
             report[f"{prefix}semi_{name}_top5"] = result["top5"]
     if run_dir is not None:
@@ -147,8 +209,10 @@ def format_table(report: dict) -> str:
         if key not in report:
             continue
         cells = [report.get(prefix + key) for prefix in ("", "random_init_", "raw_pixel_")]
-        lines.append(f"{label:<20} " + " ".join(f"{('%.2f' % c) if c is not None else '-':>{w}}"
-                                                for c, w in zip(cells, (8, 12, 11))))
+        lines.append(
+            f"{label:<20} "
+            + " ".join(f"{f'{c:.2f}' if c is not None else '-':>{w}}" for c, w in zip(cells, (8, 12, 11)))
+        )
     return "\n".join(lines)
 
 
@@ -189,8 +253,10 @@ def write_plots(run: RunDir, report: dict) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         if key == "knn_top1":
             ax.plot(*zip(*points), marker="o", label="monitor (training-bank / test subsets; epoch 0 = untrained)")
-            for field, label, style in (("knn_top1", "full eval: BYOL", "-"),
-                                        ("random_init_knn_top1", "full eval: random init", "--")):
+            for field, label, style in (
+                ("knn_top1", "full eval: BYOL", "-"),
+                ("random_init_knn_top1", "full eval: random init", "--"),
+            ):
                 if field in report:
                     ax.axhline(report[field], color="grey", linestyle=style, label=label)
             ax.legend(fontsize=8)
@@ -202,8 +268,9 @@ def write_plots(run: RunDir, report: dict) -> list[Path]:
         written.append(_save(plt, fig, run.path / name))
     features = report.get("_test_features")
     if features is not None and len(features) > 2:
-        written.append(_embedding_map(plt, features, report["_test_labels"], report.get("_classes"),
-                                      run.path / "embedding.png"))
+        written.append(
+            _embedding_map(plt, features, report["_test_labels"], report.get("_classes"), run.path / "embedding.png")
+        )
     return written
 
 
@@ -216,7 +283,7 @@ def _embedding_map(plt, features: torch.Tensor, labels: torch.Tensor, classes, p
     scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3, alpha=0.6)
     classes = classes or [str(i) for i in range(int(labels.max()) + 1)]
     handles = scatter.legend_elements()[0]
-    ax.legend(handles, classes[:len(handles)], fontsize=7, markerscale=1, loc="best")
+    ax.legend(handles, classes[: len(handles)], fontsize=7, markerscale=1, loc="best")
     ax.set_title("test embeddings, first two principal components")
     return _save(plt, fig, path)
 
@@ -228,8 +295,9 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size: int = 256,
-          workers: int | None = None) -> dict:
+def embed(
+    checkpoint: str, data: str, out: str, device: str = "auto", batch_size: int = 256, workers: int | None = None
+) -> dict:
     """Features of every image under `data` → .npy (+ .files.txt) or .safetensors (features + file list).
     Decoded in batches by worker processes; only the features are kept. Unreadable files are left out
     and counted."""
@@ -241,8 +309,9 @@ def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size
     encoder.to(device)
     root = Path(data)
     files, _, _ = scan_folder(root)
-    folder = ImageDataset("folder", 3, info.image_size, info.mean, info.std, files=files, load_size=info.image_size,
-                          root=root)
+    folder = ImageDataset(
+        "folder", 3, info.image_size, info.mean, info.std, files=files, load_size=info.image_size, root=root
+    )
     transform = EvalTransform(info.image_size, info.mean, info.std).to(device)
 
     def features(images: torch.Tensor) -> torch.Tensor:
@@ -253,12 +322,17 @@ def embed(checkpoint: str, data: str, out: str, device: str = "auto", batch_size
     result = split_features(folder, info.image_size, {"encoder": features}, batch_size, decoding_workers(workers))
     kept = [str(files[i]) for i in result.positions.tolist()]
     _write_features(out_path, result.features["encoder"], kept)
-    return {"images": len(kept), "skipped": result.unreadable, "feature_dim": result.features["encoder"].shape[1],
-            "out": str(out_path)}
+    return {
+        "images": len(kept),
+        "skipped": result.unreadable,
+        "feature_dim": result.features["encoder"].shape[1],
+        "out": str(out_path),
+    }
 
 
 def _write_features(out_path: Path, features: torch.Tensor, names: list[str]) -> None:
     if out_path.suffix == ".npy":
+
         def write_npy(tmp):
             with open(tmp, "wb") as f:
                 np.save(f, features.numpy())
@@ -266,5 +340,7 @@ def _write_features(out_path: Path, features: torch.Tensor, names: list[str]) ->
         atomic_write(out_path, write_npy)
         atomic_write(out_path.with_suffix(".files.txt"), lambda tmp: Path(tmp).write_text("\n".join(names) + "\n"))
     else:
-        atomic_write(out_path, lambda tmp: save_file({"features": features.contiguous()}, tmp,
-                                                     metadata={"files": json.dumps(names)}))
+        atomic_write(
+            out_path,
+            lambda tmp: save_file({"features": features.contiguous()}, tmp, metadata={"files": json.dumps(names)}),
+        )

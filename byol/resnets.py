@@ -20,8 +20,9 @@ class WideResNet(resnet.ResNet):
     `feature_dim`.
     """
 
-    def __init__(self, block, layers, width: float = 1.0, in_channels: int = 3, stem: str = "imagenet",
-                 norm: str = "batch"):
+    def __init__(
+        self, block, layers, width: float = 1.0, in_channels: int = 3, stem: str = "imagenet", norm: str = "batch"
+    ):
         self._width = width
         self._stem_width = max(int(round(64 * width)), 1)
         self._first_layer = True

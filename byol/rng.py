@@ -21,10 +21,16 @@ def rng_state() -> dict:
     training loop itself reseeds torch every step (augmentation_seed); these are for anything else
     drawn between steps, by us or by a user's hook."""
     numpy_state = np.random.get_state(legacy=False)
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                      "pos": numpy_state["state"]["pos"], "has_gauss": numpy_state["has_gauss"],
-                      "gauss": numpy_state["gauss"]}}
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": numpy_state["state"]["pos"],
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        },
+    }
 
 
 def set_rng_state(state: dict | None) -> None:
@@ -34,6 +40,11 @@ def set_rng_state(state: dict | None) -> None:
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
     numpy_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-                         "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )

@@ -52,8 +52,10 @@ class RunDir:
         for path in (self.encoder, self.checkpoint):
             if path.is_file():
                 return path
-        raise UserError(f"{self.path}: a folder with neither {self.ENCODER} nor {self.CHECKPOINT} "
-                        "(pass a `byol train --out` folder or one of those files)")
+        raise UserError(
+            f"{self.path}: a folder with neither {self.ENCODER} nor {self.CHECKPOINT} "
+            "(pass a `byol train --out` folder or one of those files)"
+        )
 
     # ---- starting and resuming
 
@@ -89,8 +91,10 @@ class RunDir:
             self._metrics_file.write(json.dumps(record) + "\n")
             self._metrics_file.flush()
         except OSError as error:
-            raise UserError(f"{self.metrics}: cannot write ({error.strerror or error}); the last checkpoint in "
-                            f"{self.path} is kept, resume with --resume once there is room") from None
+            raise UserError(
+                f"{self.metrics}: cannot write ({error.strerror or error}); the last checkpoint in "
+                f"{self.path} is kept, resume with --resume once there is room"
+            ) from None
 
     def read_metrics(self) -> list[dict]:
         """Every whole record; a line torn by a kill or a full disk in mid-write is left out."""

@@ -13,10 +13,17 @@ from .device import autocast
 from .distributed import unwrap
 
 
-def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  scaler: torch.amp.GradScaler, images: torch.Tensor, tau: float,
-                  memory_format: torch.memory_format = torch.contiguous_format, amp_dtype: torch.dtype | None = None,
-                  autocast_cache: bool = True):
+def training_step(
+    learner: torch.nn.Module,
+    augment: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    tau: float,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    amp_dtype: torch.dtype | None = None,
+    autocast_cache: bool = True,
+):
     """One step on a batch already on the device: the views, loss, update, target EMA.
 
     `learner` may be wrapped in DistributedDataParallel (gradients averaged over ranks). Between backward
@@ -31,9 +38,15 @@ def training_step(learner: torch.nn.Module, augment: torch.nn.Module, optimizer:
     return loss, outputs
 
 
-def forward_backward(learner: torch.nn.Module, augment: torch.nn.Module, scaler: torch.amp.GradScaler,
-                     images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format,
-                     amp_dtype: torch.dtype | None = None, autocast_cache: bool = True):
+def forward_backward(
+    learner: torch.nn.Module,
+    augment: torch.nn.Module,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    amp_dtype: torch.dtype | None = None,
+    autocast_cache: bool = True,
+):
     """The first half of a step: views, loss and gradients (added to `.grad`; the caller clears them)."""
     views = [view.contiguous(memory_format=memory_format) for view in augment(images)]
     with autocast(images.device, amp_dtype, cache=autocast_cache):
@@ -42,8 +55,9 @@ def forward_backward(learner: torch.nn.Module, augment: torch.nn.Module, scaler:
     return loss, outputs
 
 
-def apply_gradients(learner: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    tau: float) -> None:
+def apply_gradients(
+    learner: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, tau: float
+) -> None:
     """The second half: gradient surgery, the optimizer step at the LR its groups hold, the target EMA at τ."""
     if scaler.is_enabled():
         scaler.unscale_(optimizer)

@@ -64,9 +64,11 @@ def fit(cfg: TrainConfig, runtime: Runtime, context: Context, quiet: bool = Fals
     image_size = cfg.image_size or dataset.native_size
     schedule = Schedule.for_run(cfg, len(stream))
     if schedule.ends_in_warmup:
-        log.warning(f"--warmup-epochs {cfg.warmup_epochs:g} is as long as the run (--epochs {cfg.epochs}): the LR climbs "
-                    f"to {schedule.lr_reached:.4g} at the last step, not to the peak {schedule.peak_lr:.4g}, and never "
-                    "decays (a shorter --warmup-epochs fixes it)")
+        log.warning(
+            f"--warmup-epochs {cfg.warmup_epochs:g} is as long as the run (--epochs {cfg.epochs}): the LR climbs "
+            f"to {schedule.lr_reached:.4g} at the last step, not to the peak {schedule.peak_lr:.4g}, and never "
+            "decays (a shorter --warmup-epochs fixes it)"
+        )
     trainer = Trainer(cfg, dataset, image_size, runtime, context, schedule)
     # Restored before the first step, whose DDP wrap broadcasts rank 0's weights to every rank.
     step = trainer.restore(state, str(run.checkpoint)) if state is not None else 0
@@ -90,12 +92,23 @@ def fit(cfg: TrainConfig, runtime: Runtime, context: Context, quiet: bool = Fals
     finally:
         run.close()
         logger.close()
-    return finish(cfg, trainer, stream, run, context, step, step - first_step, stopped_by, last_loss,
-                  time.perf_counter() - started)
+    return finish(
+        cfg,
+        trainer,
+        stream,
+        run,
+        context,
+        step,
+        step - first_step,
+        stopped_by,
+        last_loss,
+        time.perf_counter() - started,
+    )
 
 
-def loop(cfg: TrainConfig, trainer: Trainer, stream: BatchStream, run: RunDir, logger: StepLogger,
-         step: int) -> tuple[int, int | None, float]:
+def loop(
+    cfg: TrainConfig, trainer: Trainer, stream: BatchStream, run: RunDir, logger: StepLogger, step: int
+) -> tuple[int, int | None, float]:
     """Steps until the end of the run, `--stop-after-steps`, or a signal; returns (step, signal, last loss)."""
     schedule = trainer.schedule
     stop_at = min(schedule.total_steps, cfg.stop_after_steps or schedule.total_steps)
@@ -118,8 +131,11 @@ def loop(cfg: TrainConfig, trainer: Trainer, stream: BatchStream, run: RunDir, l
                 # Ranks agree on stopping at log steps (one collective); a single process stops at once.
                 if trainer.context.world_size == 1 or logged:
                     stopped_by = signals.agreed(trainer.runtime.device)
-                epoch_checkpoint = end_of_epoch and cfg.checkpoint_epochs and \
-                    (step // schedule.steps_per_epoch) % cfg.checkpoint_epochs == 0
+                epoch_checkpoint = (
+                    end_of_epoch
+                    and cfg.checkpoint_epochs
+                    and (step // schedule.steps_per_epoch) % cfg.checkpoint_epochs == 0
+                )
                 if step % cfg.checkpoint_every == 0 or epoch_checkpoint or step == stop_at or stopped_by:
                     trainer.check_finite(window.loss_sum, step, str(run.path))
                     run.write_checkpoint(trainer.state_dict(step), cfg.keep_checkpoints)
@@ -132,14 +148,21 @@ def step_record(cfg: TrainConfig, trainer: Trainer, window: LossWindow, result, 
     """The metrics record of a logged step. Collectives in a fixed order on every rank: the loss, the
     probe's accuracy, then (at an epoch end) the kNN monitor's barrier."""
     loss, images_per_s = window.close(cfg.batch_size)
-    record = {"step": step, "epoch": step / trainer.schedule.steps_per_epoch, "loss": loss, "lr": result.lr,
-              **({"tau": result.tau} if getattr(trainer.learner, "has_target", False) else {}),
-              "images_per_s": images_per_s,
-              "world_size": trainer.context.world_size}
+    record = {
+        "step": step,
+        "epoch": step / trainer.schedule.steps_per_epoch,
+        "loss": loss,
+        "lr": result.lr,
+        **({"tau": result.tau} if getattr(trainer.learner, "has_target", False) else {}),
+        "images_per_s": images_per_s,
+        "world_size": trainer.context.world_size,
+    }
     record.update(trainer.monitor.log_values())
     if not math.isfinite(loss):
-        raise UserError(f"loss is {loss} at step {step}: lower --lr or use --precision fp32; "
-                        f"the last good checkpoint in {cfg.out} is kept")
+        raise UserError(
+            f"loss is {loss} at step {step}: lower --lr or use --precision fp32; "
+            f"the last good checkpoint in {cfg.out} is kept"
+        )
     # Rank 0's slice of the batch: a sample of the global batch, which is enough to see collapse.
     record.update(collapse_metrics(result.outputs.projections[0], result.outputs.representations[0]))
     if end_of_epoch:
@@ -179,17 +202,27 @@ def training_data(cfg: TrainConfig, runtime: Runtime, context: Context) -> tuple
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training images")
     world_size = context.world_size
     if world_size > 1 and not cfg.sync_bn and cfg.batch_size // world_size < 2:
-        raise UserError(f"--batch-size {cfg.batch_size} over {world_size} processes leaves "
-                        f"{cfg.batch_size // world_size} image per process, too few for per-process batch norm: use "
-                        "--sync-bn or a larger batch")
+        raise UserError(
+            f"--batch-size {cfg.batch_size} over {world_size} processes leaves "
+            f"{cfg.batch_size // world_size} image per process, too few for per-process batch norm: use "
+            "--sync-bn or a larger batch"
+        )
     cache = None
     if cfg.cache_decoded and dataset.files is not None:
         with context.main_first():  # rank 0 creates the files; the other ranks map them
             cache = DecodedCache(cfg.cache_decoded, dataset.files, dataset.load_size)
         log.info(f"decoded cache {cache.stem}: {cache.filled()} of {len(dataset)} images already decoded")
-    stream = BatchStream(dataset, cfg.batch_size, decoding_workers(cfg.workers),
-                         pin_memory=runtime.device.type == "cuda", rank=context.rank, world_size=world_size,
-                         max_bad_fraction=cfg.max_bad_fraction, device=runtime.device, cache=cache)
+    stream = BatchStream(
+        dataset,
+        cfg.batch_size,
+        decoding_workers(cfg.workers),
+        pin_memory=runtime.device.type == "cuda",
+        rank=context.rank,
+        world_size=world_size,
+        max_bad_fraction=cfg.max_bad_fraction,
+        device=runtime.device,
+        cache=cache,
+    )
     return dataset, stream
 
 
@@ -199,31 +232,59 @@ def folder_load_size(cfg: TrainConfig) -> int:
     return round((cfg.image_size or 224) * 8 / 7)
 
 
-def resolved_values(cfg: TrainConfig, runtime: Runtime, context: Context, schedule: Schedule, image_size: int,
-                    sync_bn: bool) -> dict:
+def resolved_values(
+    cfg: TrainConfig, runtime: Runtime, context: Context, schedule: Schedule, image_size: int, sync_bn: bool
+) -> dict:
     """What config.yaml's `resolved:` section shows: values derived from the config and the machine."""
-    return {"world_size": context.world_size, "batch_per_process": cfg.batch_size // context.world_size,
-            "sync_bn": sync_bn, "peak_lr": schedule.peak_lr, "lr_reached": schedule.lr_reached,
-            "steps_per_epoch": schedule.steps_per_epoch,
-            "total_steps": schedule.total_steps, "image_size": image_size, "device": str(runtime.device),
-            "autocast": str(runtime.amp_dtype or "fp32"), "decoding_workers": decoding_workers(cfg.workers)}
+    return {
+        "world_size": context.world_size,
+        "batch_per_process": cfg.batch_size // context.world_size,
+        "sync_bn": sync_bn,
+        "peak_lr": schedule.peak_lr,
+        "lr_reached": schedule.lr_reached,
+        "steps_per_epoch": schedule.steps_per_epoch,
+        "total_steps": schedule.total_steps,
+        "image_size": image_size,
+        "device": str(runtime.device),
+        "autocast": str(runtime.amp_dtype or "fp32"),
+        "decoding_workers": decoding_workers(cfg.workers),
+    }
 
 
-def finish(cfg: TrainConfig, trainer: Trainer, stream: BatchStream, run: RunDir, context: Context, step: int,
-           trained: int, stopped_by: int | None, last_loss: float, wall: float) -> dict:
+def finish(
+    cfg: TrainConfig,
+    trainer: Trainer,
+    stream: BatchStream,
+    run: RunDir,
+    context: Context,
+    step: int,
+    trained: int,
+    stopped_by: int | None,
+    last_loss: float,
+    wall: float,
+) -> dict:
     """The summary; for a finished run, the encoder and summary.json; otherwise how to continue.
     `trained`: the steps this invocation took (a resumed run started later)."""
     total_steps = trainer.schedule.total_steps
     # NCCL reduces device tensors only.
     bad_images = int(all_reduce_sum(torch.tensor(stream.bad_images, device=trainer.runtime.device)))
     if bad_images:
-        log.warning(f"{bad_images} images could not be decoded and were skipped (their batch slots went to the "
-                    "next readable image)")
-    summary = {"steps": step, "total_steps": total_steps, "epochs": step / trainer.schedule.steps_per_epoch,
-               "final_loss": last_loss, "wall_s": wall,
-               "images_per_s": trained * cfg.batch_size / wall if trained else None,
-               "world_size": context.world_size, "out": str(run.path), "finished": step >= total_steps,
-               "bad_images": bad_images}
+        log.warning(
+            f"{bad_images} images could not be decoded and were skipped (their batch slots went to the "
+            "next readable image)"
+        )
+    summary = {
+        "steps": step,
+        "total_steps": total_steps,
+        "epochs": step / trainer.schedule.steps_per_epoch,
+        "final_loss": last_loss,
+        "wall_s": wall,
+        "images_per_s": trained * cfg.batch_size / wall if trained else None,
+        "world_size": context.world_size,
+        "out": str(run.path),
+        "finished": step >= total_steps,
+        "bad_images": bad_images,
+    }
     resume = f"continue with: byol train --config {run.config} --resume"
     if stopped_by is not None and step < total_steps:
         summary["stopped_by_signal"] = stopped_by
@@ -235,6 +296,9 @@ def finish(cfg: TrainConfig, trainer: Trainer, stream: BatchStream, run: RunDir,
     run.write_encoder(trainer.encoder_weights(), trainer.info)
     run.write_json(RunDir.SUMMARY, summary)
     context.barrier()  # no rank reports success before the weights are on disk
-    log.info(f"done: {step} steps in {wall:.0f} s" + (f" ({summary['images_per_s']:.0f} images/s)" if trained else "")
-             + f"; encoder weights in {run.encoder}")
+    log.info(
+        f"done: {step} steps in {wall:.0f} s"
+        + (f" ({summary['images_per_s']:.0f} images/s)" if trained else "")
+        + f"; encoder weights in {run.encoder}"
+    )
     return summary

@@ -47,8 +47,15 @@ def build_learner(cfg: TrainConfig, channels: int, image_size: int) -> torch.nn.
 
 def optimizer_for(cfg: TrainConfig, learner: torch.nn.Module) -> torch.optim.Optimizer:
     """The configured optimizer over the learner's trainable parameters, at LR 0 (the schedule sets it)."""
-    return build_optimizer(cfg.optimizer, learner, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient,
-                           cfg.clip_lr, cfg.bias_lr_multiplier)
+    return build_optimizer(
+        cfg.optimizer,
+        learner,
+        cfg.weight_decay,
+        cfg.momentum,
+        cfg.trust_coefficient,
+        cfg.clip_lr,
+        cfg.bias_lr_multiplier,
+    )
 
 
 def check_input_size(backbone: torch.nn.Module, channels: int, size: int, name: str) -> None:
@@ -56,9 +63,11 @@ def check_input_size(backbone: torch.nn.Module, channels: int, size: int, name: 
     try:
         infer_feature_dim(backbone, (channels, size, size))
     except (RuntimeError, AssertionError, ValueError) as error:
-        raise UserError(f"--local-crops: {name} does not take the {size} px local crops "
-                        f"({str(error).splitlines()[0][:100]}); use a model that takes any size (timm's ViTs do, "
-                        "torchvision's do not) or --local-crops 0") from None
+        raise UserError(
+            f"--local-crops: {name} does not take the {size} px local crops "
+            f"({str(error).splitlines()[0][:100]}); use a model that takes any size (timm's ViTs do, "
+            "torchvision's do not) or --local-crops 0"
+        ) from None
 
 
 def build_augment(cfg: TrainConfig, image_size: int, mean, std) -> torch.nn.Module:
@@ -70,8 +79,9 @@ def build_augment(cfg: TrainConfig, image_size: int, mean, std) -> torch.nn.Modu
     if not cfg.local_crops:
         return BYOLAugment(image_size, mean, std, view1, view2)
     local = without(dataclasses.replace(LOCAL_VIEW, crop_scale=cfg.local_crop_scale), removed)
-    return MultiCropAugment(image_size, mean, std, cfg.local_crops, cfg.local_size or local_size_for(image_size),
-                            view1, view2, local)
+    return MultiCropAugment(
+        image_size, mean, std, cfg.local_crops, cfg.local_size or local_size_for(image_size), view1, view2, local
+    )
 
 
 @dataclass(frozen=True)
@@ -91,8 +101,16 @@ class Schedule:
     def for_run(cls, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
         # The peak LR scales with the global batch, whatever the number of processes.
         decays = None if cfg.final_weight_decay is None else (cfg.weight_decay, cfg.final_weight_decay)
-        return cls(steps_per_epoch, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch),
-                   scaled_lr(cfg.lr, cfg.batch_size), cfg.base_tau, cfg.final_tau, cfg.lr_floor, decays)
+        return cls(
+            steps_per_epoch,
+            cfg.epochs * steps_per_epoch,
+            round(cfg.warmup_epochs * steps_per_epoch),
+            scaled_lr(cfg.lr, cfg.batch_size),
+            cfg.base_tau,
+            cfg.final_tau,
+            cfg.lr_floor,
+            decays,
+        )
 
     @property
     def ends_in_warmup(self) -> bool:
@@ -123,16 +141,24 @@ class StepResult(NamedTuple):
 class Trainer:
     """Learner, augmentation, optimizer, grad scaler and monitors of one run, built from its config."""
 
-    def __init__(self, cfg: TrainConfig, dataset: ImageDataset, image_size: int, runtime: Runtime,
-                 context: Context, schedule: Schedule):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        dataset: ImageDataset,
+        image_size: int,
+        runtime: Runtime,
+        context: Context,
+        schedule: Schedule,
+    ):
         self.cfg, self.runtime, self.context, self.schedule = cfg, runtime, context, schedule
         device = runtime.device
         self.augment = build_augment(cfg, image_size, dataset.mean, dataset.std).to(device)
         self.eval_transform = EvalTransform(image_size, dataset.mean, dataset.std).to(device)
         learner = build_learner(cfg, dataset.channels, image_size)
         if cfg.local_crops:
-            check_input_size(learner.online_encoder, dataset.channels, cfg.local_size or local_size_for(image_size),
-                             cfg.backbone)
+            check_input_size(
+                learner.online_encoder, dataset.channels, cfg.local_size or local_size_for(image_size), cfg.backbone
+            )
         self.sync_bn = context.world_size > 1 and cfg.sync_bn
         if self.sync_bn:
             learner = convert_sync_batchnorm(learner, device)
@@ -143,11 +169,21 @@ class Trainer:
         library_model = cfg.backbone.startswith(zoo.PREFIXES)  # built as it is: no width or stem of ours
         if library_model and (cfg.width != 1.0 or cfg.stem != "auto"):
             log.info(f"{cfg.backbone} is built as its library defines it: --width and --stem apply to the ResNets")
-        self.info = EncoderInfo(cfg.backbone, 1.0 if library_model else cfg.width, dataset.channels, image_size,
-                                self.learner.feature_dim, cfg.dataset, tuple(dataset.mean), tuple(dataset.std),
-                                "auto" if library_model else resolve_stem(cfg.stem, image_size), cfg.norm)
-        self.monitor = Monitor(cfg, dataset, self.learner.feature_dim, image_size, device, schedule.total_steps,
-                               main=context.is_main)
+        self.info = EncoderInfo(
+            cfg.backbone,
+            1.0 if library_model else cfg.width,
+            dataset.channels,
+            image_size,
+            self.learner.feature_dim,
+            cfg.dataset,
+            tuple(dataset.mean),
+            tuple(dataset.std),
+            "auto" if library_model else resolve_stem(cfg.stem, image_size),
+            cfg.norm,
+        )
+        self.monitor = Monitor(
+            cfg, dataset, self.learner.feature_dim, image_size, device, schedule.total_steps, main=context.is_main
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.amp_dtype == torch.float16)
         if cfg.cuda_graphs:
             problem = self.cuda_graphs_problem()
@@ -171,8 +207,10 @@ class Trainer:
         if self.runtime.device.type != "cuda":
             return f"CUDA graphs need a CUDA device; this run is on {self.runtime.device.type} (--device cuda)"
         if self.context.world_size > 1:
-            return ("one process only for now: under torchrun, DDP's gradient all-reduce would have to be captured "
-                    "too, which is not done or tested here")
+            return (
+                "one process only for now: under torchrun, DDP's gradient all-reduce would have to be captured "
+                "too, which is not done or tested here"
+            )
         return self.learner.graph_problem
 
     @property
@@ -184,11 +222,19 @@ class Trainer:
             # Neither holds the Trainer itself: a cycle through it would keep DDP, and with it the process
             # group, alive until the interpreter's exit (see train.train).
             if self.cfg.cuda_graphs:
-                self._run_step = GraphedStep(model, self.augment, self.optimizer, self.scaler, runtime.memory_format,
-                                             runtime.amp_dtype)
+                self._run_step = GraphedStep(
+                    model, self.augment, self.optimizer, self.scaler, runtime.memory_format, runtime.amp_dtype
+                )
             else:
-                self._run_step = functools.partial(training_step, model, self.augment, self.optimizer, self.scaler,
-                                                   memory_format=runtime.memory_format, amp_dtype=runtime.amp_dtype)
+                self._run_step = functools.partial(
+                    training_step,
+                    model,
+                    self.augment,
+                    self.optimizer,
+                    self.scaler,
+                    memory_format=runtime.memory_format,
+                    amp_dtype=runtime.amp_dtype,
+                )
         return self._run_step
 
     def restore(self, state: TrainingState, source: str) -> int:
@@ -197,14 +243,18 @@ class Trainer:
             raise RuntimeError("restore() after the first step: DDP has already broadcast the unrestored weights")
         saved_stem = state.encoder_info.get("stem", self.info.stem)
         if saved_stem != self.info.stem:  # same parameter shapes, so the load below would not notice
-            raise UserError(f"{source}: trained with the '{saved_stem}' stem, this configuration builds "
-                            f"'{self.info.stem}': resume with --stem {saved_stem}, or choose another --out")
+            raise UserError(
+                f"{source}: trained with the '{saved_stem}' stem, this configuration builds "
+                f"'{self.info.stem}': resume with --stem {saved_stem}, or choose another --out"
+            )
         changed = changed_trajectory_keys(state.config, self.cfg)
         if changed:
             log.warning(f"resuming with changed settings: {', '.join(changed)}")
         if state.world_size != self.context.world_size:
-            log.warning(f"resuming a {state.world_size}-process run with {self.context.world_size}: the global "
-                        "batch and data order are unchanged, the augmentation draws are not")
+            log.warning(
+                f"resuming a {state.world_size}-process run with {self.context.world_size}: the global "
+                "batch and data order are unchanged, the augmentation draws are not"
+            )
         try:
             self.learner.load_state_dict(state.model)
             self.optimizer.load_state_dict(state.optimizer)
@@ -234,8 +284,10 @@ class Trainer:
         weight, checked on every rank (one all-reduce, one host sync)."""
         weights_finite = torch.stack([torch.isfinite(p).all() for p in self.learner.parameters()]).all()
         if not (torch.isfinite(all_reduce_sum(loss_sum)) & weights_finite):
-            raise UserError(f"the loss or the weights became non-finite before step {at_step}: lower --lr or use "
-                            f"--precision fp32; the last good checkpoint in {out} is kept")
+            raise UserError(
+                f"the loss or the weights became non-finite before step {at_step}: lower --lr or use "
+                f"--precision fp32; the last good checkpoint in {out} is kept"
+            )
 
     def knn(self, epoch: int) -> float | None:
         """The kNN monitor's top-1 when it is due at this epoch. Every rank calls it; rank 0 computes it in
@@ -255,10 +307,16 @@ class Trainer:
                 with torch.no_grad():
                     model[key] = gather(model[key])[0]
         return TrainingState(
-            step=step, config=self.cfg.to_dict(), world_size=self.context.world_size,
-            model=model, optimizer=self.optimizer.state_dict(),
+            step=step,
+            config=self.cfg.to_dict(),
+            world_size=self.context.world_size,
+            model=model,
+            optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            encoder_info=self.info.to_dict(), monitor=self.monitor.state_dict(), rng=rng_state())
+            encoder_info=self.info.to_dict(),
+            monitor=self.monitor.state_dict(),
+            rng=rng_state(),
+        )
 
     def encoder_weights(self) -> dict[str, torch.Tensor]:
         return self.learner.online_encoder.state_dict()

@@ -24,8 +24,10 @@ from torch import nn
 PREFIXES = ("torchvision:", "timm:")
 MIN_PATCHES_PER_SIDE = 8
 # torchvision builders whose defaults return auxiliary outputs in training mode
-TORCHVISION_OPTIONS = {"googlenet": {"aux_logits": False, "init_weights": True},
-                       "inception_v3": {"aux_logits": False, "init_weights": True}}
+TORCHVISION_OPTIONS = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
 
 
 def torchvision_names() -> list[str]:
@@ -118,9 +120,21 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for module in model.modules():
         for attribute, child in module.named_children():
             if isinstance(child, nn.Conv2d):
-                setattr(module, attribute, nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride,
-                                                     child.padding, child.dilation, child.groups,
-                                                     child.bias is not None, child.padding_mode))
+                setattr(
+                    module,
+                    attribute,
+                    nn.Conv2d(
+                        in_channels,
+                        child.out_channels,
+                        child.kernel_size,
+                        child.stride,
+                        child.padding,
+                        child.dilation,
+                        child.groups,
+                        child.bias is not None,
+                        child.padding_mode,
+                    ),
+                )
                 return
 
 

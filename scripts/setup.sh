@@ -18,7 +18,8 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import byol, pytest, torchvision, hypothesis, timm, onnxscript, onnxruntime" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import byol, pytest, torchvision, hypothesis, timm, onnxscript, onnxruntime" >/dev/null 2>&1 \
+    || [ ! -x .venv/bin/ruff ]; then
     echo "setup: installing byol into .venv (torch and torchvision come from pip's cache when present)" >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/python -m pip install -q -e ".[test]"

@@ -5,16 +5,47 @@ import yaml
 from byol.ablate import RESULT, paper_suite, run_suite
 from byol.config import resolve
 
-TINY = dict(subset=128, width=0.125, projection_dim=16, projector_hidden_dim=32, predictor_hidden_dim=32,
-            batch_size=32, epochs=1, log_every=1, checkpoint_every=100, warmup_epochs=0.5, lr=0.4, base_tau=0.97,
-            device="cpu", precision="fp32", knn_bank=64, knn_test=64)
+TINY = dict(
+    subset=128,
+    width=0.125,
+    projection_dim=16,
+    projector_hidden_dim=32,
+    predictor_hidden_dim=32,
+    batch_size=32,
+    epochs=1,
+    log_every=1,
+    checkpoint_every=100,
+    warmup_epochs=0.5,
+    lr=0.4,
+    base_tau=0.97,
+    device="cpu",
+    precision="fp32",
+    knn_bank=64,
+    knn_test=64,
+)
 
 
 def test_paper_suite_covers_the_papers_ablations():
     names = {v.name for v in paper_suite(resolve(overrides={"batch_size": 256}))}
-    assert {"byol", "simclr", "simsiam", "no-predictor", "tau-0", "tau-0.9", "tau-0.99", "tau-0.996", "tau-1",
-            "negatives-beta-1", "group-ws", "byol-batch-64", "simclr-batch-16", "byol-no-color",
-            "simclr-no-color-grayscale", "byol-no-all-but-crop", "simclr-no-all-but-crop"} <= names
+    assert {
+        "byol",
+        "simclr",
+        "simsiam",
+        "no-predictor",
+        "tau-0",
+        "tau-0.9",
+        "tau-0.99",
+        "tau-0.996",
+        "tau-1",
+        "negatives-beta-1",
+        "group-ws",
+        "byol-batch-64",
+        "simclr-batch-16",
+        "byol-no-color",
+        "simclr-no-color-grayscale",
+        "byol-no-all-but-crop",
+        "simclr-no-all-but-crop",
+    } <= names
 
 
 def test_suite_runs_every_variant_writes_the_table_and_resumes(tmp_path, fashion_dir, capsys):
@@ -36,8 +67,11 @@ def test_suite_runs_every_variant_writes_the_table_and_resumes(tmp_path, fashion
     stamps = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob(f"*/{RESULT}")}
     run_suite("paper", "smoke", str(out), str(config), quiet=True)
     assert (out / "runs" / "tau-1" / RESULT).exists()
-    assert all(p.stat().st_mtime_ns == stamps[p.parent.name] for p in (out / "runs").glob(f"*/{RESULT}")
-               if p.parent.name != "tau-1")
+    assert all(
+        p.stat().st_mtime_ns == stamps[p.parent.name]
+        for p in (out / "runs").glob(f"*/{RESULT}")
+        if p.parent.name != "tau-1"
+    )
 
 
 def test_methods_suite_trains_and_tables_every_method_with_its_references(tmp_path, fashion_dir):

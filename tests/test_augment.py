@@ -17,8 +17,15 @@ from byol.augment import (
 )
 
 N = 3000  # images per frequency test: 3.5σ of a p=0.5 frequency is ±0.032
-OFF = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
-           blur_prob=0.0, solarize_prob=0.0)
+OFF = dict(
+    crop_scale=(1.0, 1.0),
+    crop_ratio=(1.0, 1.0),
+    flip_prob=0.0,
+    jitter_prob=0.0,
+    grayscale_prob=0.0,
+    blur_prob=0.0,
+    solarize_prob=0.0,
+)
 
 
 def only(view: ViewConfig, **keep) -> ViewAugment:
@@ -108,7 +115,7 @@ def test_crop_boxes_follow_random_resized_crop():
     assert area.min() >= 0.08 - 1e-6 and area.max() <= 1 + 1e-6
     assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 28 + 1e-4).all() and (y0 + h <= 28 + 1e-4).all()
     ratio = w / h
-    whole = (area > 1 - 1e-6)
+    whole = area > 1 - 1e-6
     assert ((ratio[~whole] >= 3 / 4 - 1e-4) & (ratio[~whole] <= 4 / 3 + 1e-4)).all()
     # the mean area of an accepted draw from U(0.08, 1) with a few rejections near 1
     assert 0.45 < area.mean().item() < 0.56
@@ -199,7 +206,9 @@ def test_aug_remove_all_but_crop_leaves_only_the_crop():
     removed = without(VIEW2, ["all-but-crop"])
     assert removed.jitter_prob == removed.grayscale_prob == removed.blur_prob == removed.solarize_prob == 0
     assert removed.flip_prob == 0 and removed.crop_scale == VIEW2.crop_scale
-    assert without(VIEW1, ["color"]).jitter_prob == 0 and without(VIEW1, ["color"]).grayscale_prob == VIEW1.grayscale_prob
+    assert (
+        without(VIEW1, ["color"]).jitter_prob == 0 and without(VIEW1, ["color"]).grayscale_prob == VIEW1.grayscale_prob
+    )
     assert set(REMOVABLE) == {"color", "grayscale", "blur", "solarize", "flip", "all-but-crop"}
     # With the crop pinned to the whole image, nothing else may touch the pixels.
     images = torch.rand(8, 3, 16, 16)
@@ -232,12 +241,16 @@ def test_views_computed_together_get_the_bits_each_gets_alone(channels, size, ba
     must come out as it does from its own ViewAugment after the same seed: same draws, same order, same bits."""
     from byol import augment
 
-    monkeypatch.setattr(augment, "_apply_to", getattr(augment, f"_apply_{'to_selected' if masking == 'selected' else 'where'}"))
+    monkeypatch.setattr(
+        augment, "_apply_to", getattr(augment, f"_apply_{'to_selected' if masking == 'selected' else 'where'}")
+    )
     images = torch.randint(0, 256, (batch, channels, size + 4, size + 4), dtype=torch.uint8)
     both = BYOLAugment(size, (0.5,) * channels, (0.25,) * channels)
     multi = MultiCropAugment(size, (0.5,) * channels, (0.25,) * channels, local_crops=3, local_size=size // 2)
-    for pipeline, views in ((both, [both.view1, both.view2]),
-                            (multi, [multi.globals.view1, multi.globals.view2, *multi.locals])):
+    for pipeline, views in (
+        (both, [both.view1, both.view2]),
+        (multi, [multi.globals.view1, multi.globals.view2, *multi.locals]),
+    ):
         torch.manual_seed(3)
         together = pipeline(images)
         torch.manual_seed(3)

@@ -39,12 +39,15 @@ def test_cifar_pool_stem_halves_the_resolution_and_evaluation_rebuilds_it(tmp_pa
     assert loaded_info.stem == "cifar-pool" and isinstance(loaded.maxpool, nn.MaxPool2d)
 
 
-@pytest.mark.parametrize("call, named", [
-    (lambda: build_backbone("vgg11"), "unknown backbone 'vgg11'"),
-    (lambda: build_backbone("resnet18", width=0), "width must be positive"),
-    (lambda: build_backbone("resnet18", norm="layer"), "unknown norm 'layer'"),
-    (lambda: resolve_stem("big", 32), "unknown stem 'big'"),
-])
+@pytest.mark.parametrize(
+    "call, named",
+    [
+        (lambda: build_backbone("vgg11"), "unknown backbone 'vgg11'"),
+        (lambda: build_backbone("resnet18", width=0), "width must be positive"),
+        (lambda: build_backbone("resnet18", norm="layer"), "unknown norm 'layer'"),
+        (lambda: resolve_stem("big", 32), "unknown stem 'big'"),
+    ],
+)
 def test_bad_choices_raise_value_error_in_library_words(call, named):
     with pytest.raises(ValueError, match=named) as error:
         call()

@@ -25,10 +25,13 @@ class _RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.parametrize("write", [
-    lambda path, payload: torch.save({"model": payload}, path),  # a zip checkpoint with a code-running object
-    lambda path, payload: path.write_bytes(pickle.dumps(payload)),  # a bare pickle
-])
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda path, payload: torch.save({"model": payload}, path),  # a zip checkpoint with a code-running object
+        lambda path, payload: path.write_bytes(pickle.dumps(payload)),  # a bare pickle
+    ],
+)
 def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path, write):
     marker = tmp_path / "pwned"
     path = tmp_path / "checkpoint.pt"
@@ -43,8 +46,16 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path, write):
 
 
 def test_keep_last_k_checkpoints(tmp_path, fashion_dir):
-    cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "run"), "keep_checkpoints": 2,
-                             "checkpoint_every": 1, "knn_every": 0})
+    cfg = resolve(
+        overrides={
+            **TINY,
+            "data": str(fashion_dir),
+            "out": str(tmp_path / "run"),
+            "keep_checkpoints": 2,
+            "checkpoint_every": 1,
+            "knn_every": 0,
+        }
+    )
     train(cfg, quiet=True)
     kept = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-step*.pt"))
     assert kept == ["checkpoint-step000000007.pt", "checkpoint-step000000008.pt"]
@@ -64,8 +75,15 @@ def test_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pa
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", save)
-    cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "run"), "checkpoint_every": 2,
-                             "knn_every": 0})
+    cfg = resolve(
+        overrides={
+            **TINY,
+            "data": str(fashion_dir),
+            "out": str(tmp_path / "run"),
+            "checkpoint_every": 2,
+            "knn_every": 0,
+        }
+    )
     with pytest.raises(UserError) as error:
         train(cfg, quiet=True)
     assert "No space left on device" in str(error.value) and "previous file is kept" in str(error.value)

@@ -14,21 +14,45 @@ def test_every_config_field_is_a_train_option():
 
 
 def test_command_line_reaches_the_config():
-    args = build_parser().parse_args(["train", "--preset", "smoke", "--batch-size", "32", "--tau-base", "0.9",
-                                      "--no-online-probe", "--knn-every", "0", "--channels-last"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--preset",
+            "smoke",
+            "--batch-size",
+            "32",
+            "--tau-base",
+            "0.9",
+            "--no-online-probe",
+            "--knn-every",
+            "0",
+            "--channels-last",
+        ]
+    )
     cfg = config_from_args(args)
-    assert (cfg.batch_size, cfg.base_tau, cfg.online_probe, cfg.knn_every, cfg.channels_last) == (32, 0.9, False, 0,
-                                                                                                   True)
+    assert (cfg.batch_size, cfg.base_tau, cfg.online_probe, cfg.knn_every, cfg.channels_last) == (
+        32,
+        0.9,
+        False,
+        0,
+        True,
+    )
     assert cfg.subset == 512  # untouched preset values survive
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--method", "simclr", "--queue-size", "64"], "--queue-size: --method simclr does not use it (only mocov2, swav do)"),
-    (["--prototypes", "100"], "--prototypes: --method byol does not use it (only swav, dino do)"),
-    (["--method", "mocov2", "--predictor-hidden-dim", "64"], "--predictor-hidden-dim: --method mocov2"),
-    (["--method", "vicreg", "--teacher-temperature", "0.07"], "--teacher-temperature: --method vicreg"),
-    (["--temperature", "0.2"], "--temperature: --method byol uses it only in the appendix's contrastive term"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (
+            ["--method", "simclr", "--queue-size", "64"],
+            "--queue-size: --method simclr does not use it (only mocov2, swav do)",
+        ),
+        (["--prototypes", "100"], "--prototypes: --method byol does not use it (only swav, dino do)"),
+        (["--method", "mocov2", "--predictor-hidden-dim", "64"], "--predictor-hidden-dim: --method mocov2"),
+        (["--method", "vicreg", "--teacher-temperature", "0.07"], "--teacher-temperature: --method vicreg"),
+        (["--temperature", "0.2"], "--temperature: --method byol uses it only in the appendix's contrastive term"),
+    ],
+)
 def test_an_option_the_method_would_ignore_is_refused_in_one_line(args, named, capsys):
     from byol.cli import main
 
@@ -38,10 +62,12 @@ def test_an_option_the_method_would_ignore_is_refused_in_one_line(args, named, c
 
 
 def test_options_the_method_takes_and_options_every_method_takes_are_accepted():
-    for args in (["--method", "swav", "--queue-size", "256", "--prototypes", "100"],
-                 ["--method", "simclr", "--clip-grad", "1.0", "--norm", "group-ws"],  # every method honours these
-                 ["--method", "mocov2", "--temperature", "0.5"],
-                 ["--negatives-beta", "0.5", "--temperature", "0.2"]):  # byol's contrastive ablation
+    for args in (
+        ["--method", "swav", "--queue-size", "256", "--prototypes", "100"],
+        ["--method", "simclr", "--clip-grad", "1.0", "--norm", "group-ws"],  # every method honours these
+        ["--method", "mocov2", "--temperature", "0.5"],
+        ["--negatives-beta", "0.5", "--temperature", "0.2"],
+    ):  # byol's contrastive ablation
         config_from_args(build_parser().parse_args(["train", "--preset", "smoke", *args]))
     # a preset's or file's values are not the user's request: only the command line is checked
     assert config_from_args(build_parser().parse_args(["train", "--preset", "ablate-cpu", "--method", "vicreg"]))
@@ -137,9 +163,9 @@ def test_every_option_of_every_command_says_its_default_in_help():
         formatter = command.formatter_class(name)
         for action in command._actions:
             switch = isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction, argparse._VersionAction))
-            if action.option_strings and not switch and not action.required:
-                if "default" not in formatter._get_help_string(action):
-                    missing.append(f"{name} {action.option_strings[0]}")
+            needs_default = action.option_strings and not switch and not action.required
+            if needs_default and "default" not in formatter._get_help_string(action):
+                missing.append(f"{name} {action.option_strings[0]}")
     assert not missing, missing
 
 
@@ -149,8 +175,10 @@ def test_help_and_option_checks_do_not_import_torchvision():
     import subprocess
     import sys
 
-    code = ("import sys, byol.cli, byol.config; byol.cli.build_parser(); "
-            "byol.config.resolve(overrides={'backbone': 'resnet50', 'width': 0.5}); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'timm')))")
+    code = (
+        "import sys, byol.cli, byol.config; byol.cli.build_parser(); "
+        "byol.config.resolve(overrides={'backbone': 'resnet50', 'width': 0.5}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'timm')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -32,11 +32,13 @@ def step(learner, views, lr=0.1):
     return loss
 
 
-SMALL = {"mocov2": dict(projection_dim=16, projector_hidden_dim=32, queue_size=32),
-         "swav": dict(projection_dim=16, projector_hidden_dim=32, prototypes=20),
-         "dino": dict(projection_dim=16, projector_hidden_dim=32, prototypes=40),
-         "barlowtwins": dict(projection_dim=32, projector_hidden_dim=32),
-         "vicreg": dict(projection_dim=32, projector_hidden_dim=32)}
+SMALL = {
+    "mocov2": dict(projection_dim=16, projector_hidden_dim=32, queue_size=32),
+    "swav": dict(projection_dim=16, projector_hidden_dim=32, prototypes=20),
+    "dino": dict(projection_dim=16, projector_hidden_dim=32, prototypes=40),
+    "barlowtwins": dict(projection_dim=32, projector_hidden_dim=32),
+    "vicreg": dict(projection_dim=32, projector_hidden_dim=32),
+}
 
 
 @pytest.mark.parametrize("method", list(SMALL))
@@ -89,8 +91,9 @@ def test_moco_queue_takes_the_keys_and_only_in_training():
     assert torch.equal(learner.queue, queue) and int(learner.queue_pointer) == 0
     step(learner, crops())
     assert int(learner.queue_pointer) == 8
-    assert torch.allclose(learner.queue[:, :8].norm(dim=0), torch.ones(8)) and torch.equal(learner.queue[:, 8:],
-                                                                                          queue[:, 8:])
+    assert torch.allclose(learner.queue[:, :8].norm(dim=0), torch.ones(8)) and torch.equal(
+        learner.queue[:, 8:], queue[:, 8:]
+    )
     learner.update_target(0.0)
     assert all(torch.equal(k, q) for k, q in zip(learner.target_parameters(), learner.online_parameters()))
     with pytest.raises(ValueError, match="multiple of the global batch"):
@@ -99,8 +102,16 @@ def test_moco_queue_takes_the_keys_and_only_in_training():
 
 def test_swav_prototypes_are_unit_norm_frozen_then_trained_and_the_queue_waits_until_full():
     torch.manual_seed(0)
-    learner = SwAV(backbone(), 64, projection_dim=16, projector_hidden_dim=32, prototypes=20, queue_size=16,
-                   queue_start_epoch=1, freeze_head_epochs=1)
+    learner = SwAV(
+        backbone(),
+        64,
+        projection_dim=16,
+        projector_hidden_dim=32,
+        prototypes=20,
+        queue_size=16,
+        queue_start_epoch=1,
+        freeze_head_epochs=1,
+    )
     learner.set_progress(0, 0.5)
     step(learner, crops(local=2))
     assert torch.allclose(learner.prototypes.weight.norm(dim=1), torch.ones(20), atol=1e-6)
@@ -122,8 +133,16 @@ def test_swav_prototypes_are_unit_norm_frozen_then_trained_and_the_queue_waits_u
 def test_swav_queue_is_saved_and_comes_back_only_to_a_run_of_as_many_processes():
     def swav():
         torch.manual_seed(0)
-        return SwAV(backbone(), 64, projection_dim=16, projector_hidden_dim=32, prototypes=20, queue_size=16,
-                    queue_start_epoch=0)
+        return SwAV(
+            backbone(),
+            64,
+            projection_dim=16,
+            projector_hidden_dim=32,
+            prototypes=20,
+            queue_size=16,
+            queue_start_epoch=0,
+        )
+
     learner = swav()
     learner.set_progress(0, 0.0)
     step(learner, crops())
@@ -144,9 +163,18 @@ def test_swav_queue_is_saved_and_comes_back_only_to_a_run_of_as_many_processes()
 
 def test_dino_centre_teacher_temperature_freeze_and_clipping():
     torch.manual_seed(0)
-    learner = DINO(backbone(), 64, projection_dim=16, projector_hidden_dim=32, prototypes=40,
-                   teacher_temperature=0.07, teacher_temperature_start=0.04, teacher_temperature_epochs=4,
-                   clip_grad=0.01, freeze_head_epochs=1)
+    learner = DINO(
+        backbone(),
+        64,
+        projection_dim=16,
+        projector_hidden_dim=32,
+        prototypes=40,
+        teacher_temperature=0.07,
+        teacher_temperature_start=0.04,
+        teacher_temperature_epochs=4,
+        clip_grad=0.01,
+        freeze_head_epochs=1,
+    )
     learner.set_progress(0, 0.5)
     views = crops(local=2)
     with torch.no_grad():
@@ -178,8 +206,9 @@ def test_constant_outputs_are_the_collapse_signatures():
     from byol import dino_loss, swav_loss
 
     assert swav_loss([torch.zeros(4, 30)] * 3).item() == pytest.approx(math.log(30), rel=1e-5)
-    assert dino_loss([torch.zeros(4, 50)] * 3, [torch.zeros(4, 50)] * 2, torch.zeros(1, 50)).item() == \
-        pytest.approx(math.log(50), rel=1e-5)
+    assert dino_loss([torch.zeros(4, 50)] * 3, [torch.zeros(4, 50)] * 2, torch.zeros(1, 50)).item() == pytest.approx(
+        math.log(50), rel=1e-5
+    )
 
 
 class CountingEncoder(nn.Module):

@@ -27,15 +27,18 @@ def test_unknown_key_names_file_and_key(tmp_path):
         resolve(config_file=str(path))
 
 
-@pytest.mark.parametrize("overrides,match", [
-    ({"batch_size": -4}, "--batch-size"),
-    ({"batch_size": 1}, "batch norm"),
-    ({"epochs": 0}, "--epochs"),
-    ({"base_tau": 1.5}, "--base-tau"),
-    ({"image_size": 4}, "--image-size"),
-    ({"backbone": "vgg"}, "--backbone"),
-    ({"dataset": "imagenet"}, "--dataset"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"batch_size": -4}, "--batch-size"),
+        ({"batch_size": 1}, "batch norm"),
+        ({"epochs": 0}, "--epochs"),
+        ({"base_tau": 1.5}, "--base-tau"),
+        ({"image_size": 4}, "--image-size"),
+        ({"backbone": "vgg"}, "--backbone"),
+        ({"dataset": "imagenet"}, "--dataset"),
+    ],
+)
 def test_invalid_values_name_the_option(overrides, match):
     with pytest.raises(UserError, match=match):
         resolve(overrides=overrides)
@@ -80,15 +83,58 @@ def test_trajectory_and_runtime_keys_are_derived_from_the_fields():
 
     # what the hand-written lists held before the options carried this themselves, and the methods' options since
     assert set(TRAJECTORY_KEYS) == {
-        "dataset", "subset", "image_size", "crop_min_scale", "aug_remove", "method", "predictor", "negatives_beta",
-        "temperature", "norm", "backbone", "stem", "width", "projection_dim", "projector_hidden_dim",
-        "predictor_hidden_dim", "sync_bn", "epochs", "batch_size", "lr", "warmup_epochs", "optimizer", "momentum",
-        "weight_decay", "trust_coefficient", "base_tau", "precision", "seed",
-        "local_crops", "local_size", "local_crop_scale", "queue_size", "queue_start_epoch", "prototypes",
-        "sinkhorn_epsilon", "sinkhorn_iterations", "freeze_head_epochs", "teacher_temperature",
-        "teacher_temperature_start", "teacher_temperature_epochs", "center_momentum", "clip_grad", "lambda_offdiag",
-        "sim_weight", "var_weight", "cov_weight", "final_weight_decay", "clip_lr", "lr_floor", "bias_lr_multiplier",
-        "final_tau"}
+        "dataset",
+        "subset",
+        "image_size",
+        "crop_min_scale",
+        "aug_remove",
+        "method",
+        "predictor",
+        "negatives_beta",
+        "temperature",
+        "norm",
+        "backbone",
+        "stem",
+        "width",
+        "projection_dim",
+        "projector_hidden_dim",
+        "predictor_hidden_dim",
+        "sync_bn",
+        "epochs",
+        "batch_size",
+        "lr",
+        "warmup_epochs",
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "trust_coefficient",
+        "base_tau",
+        "precision",
+        "seed",
+        "local_crops",
+        "local_size",
+        "local_crop_scale",
+        "queue_size",
+        "queue_start_epoch",
+        "prototypes",
+        "sinkhorn_epsilon",
+        "sinkhorn_iterations",
+        "freeze_head_epochs",
+        "teacher_temperature",
+        "teacher_temperature_start",
+        "teacher_temperature_epochs",
+        "center_momentum",
+        "clip_grad",
+        "lambda_offdiag",
+        "sim_weight",
+        "var_weight",
+        "cov_weight",
+        "final_weight_decay",
+        "clip_lr",
+        "lr_floor",
+        "bias_lr_multiplier",
+        "final_tau",
+    }
     assert set(RUNTIME_ONLY) == {"resume", "stop_after_steps"}
 
 
@@ -101,9 +147,14 @@ def test_changed_trajectory_keys_compare_missing_keys_with_their_defaults():
     assert changed_trajectory_keys({**saved, "lr": 1.0, "out": "elsewhere"}, cfg) == ["lr"]
 
 
-@pytest.mark.parametrize("values, named", [({"stem": "big"}, "--stem: unknown stem 'big'"),
-                                           ({"width": -1.0}, "--width: must be positive"),
-                                           ({"device": "gpu!"}, "--device: unknown device")])
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"stem": "big"}, "--stem: unknown stem 'big'"),
+        ({"width": -1.0}, "--width: must be positive"),
+        ({"device": "gpu!"}, "--device: unknown device"),
+    ],
+)
 def test_options_checked_outside_a_config_name_the_option(values, named):
     from byol.config import check_options
 

@@ -38,8 +38,9 @@ def test_a_narrow_resnet_at_224_px_trains_in_channels_last_fp32_where_torch_alon
     assert ours.returncode == 0, ours.stderr[-2000:]
     control = run(TORCH_REPRO)
     if control.returncode == 0:
-        pytest.skip("torch's own strided 1×1 convolution did not crash on this CPU (the bug is in AVX-512 kernels); "
-                    "ours ran")
+        pytest.skip(
+            "torch's own strided 1×1 convolution did not crash on this CPU (the bug is in AVX-512 kernels); ours ran"
+        )
     assert control.returncode < 0 or control.returncode == 134  # killed by a signal: the bug still reproduces
 
 

@@ -19,8 +19,18 @@ from byol.trainer import Schedule, Trainer, build_learner, optimizer_for, traini
 
 pytestmark = pytest.mark.cuda
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
-SMALL = dict(width=0.25, projection_dim=32, projector_hidden_dim=64, predictor_hidden_dim=64, batch_size=32,
-             epochs=2, warmup_epochs=0.5, lr=0.3, base_tau=0.97, knn_every=0)
+SMALL = dict(
+    width=0.25,
+    projection_dim=32,
+    projector_hidden_dim=64,
+    predictor_hidden_dim=64,
+    batch_size=32,
+    epochs=2,
+    warmup_epochs=0.5,
+    lr=0.3,
+    base_tau=0.97,
+    knn_every=0,
+)
 
 
 class FixedViews(torch.nn.Module):
@@ -74,8 +84,9 @@ def test_two_fp32_steps_on_cuda_are_as_accurate_as_the_cpus():
                 group["lr"] = 0.05
             scaler = torch.amp.GradScaler(device.type, enabled=False)
             views = FixedViews(dtype)
-            losses = [training_step(learner, views, optimizer, scaler, batch.to(device), 0.9)[0].item()
-                      for _ in range(2)]
+            losses = [
+                training_step(learner, views, optimizer, scaler, batch.to(device), 0.9)[0].item() for _ in range(2)
+            ]
             results.append((losses, {k: v.double().cpu() for k, v in learner.state_dict().items()}))
     (exact_losses, exact), (cpu_losses, cpu_state), (cuda_losses, cuda_state) = results
     assert cuda_losses == pytest.approx(cpu_losses, rel=1e-4) and cpu_losses == pytest.approx(exact_losses, rel=1e-4)
@@ -88,8 +99,16 @@ def test_two_fp32_steps_on_cuda_are_as_accurate_as_the_cpus():
 def cuda_trainer(precision: str, channels: int = 1) -> tuple[Trainer, BatchStream]:
     cfg = resolve(overrides={**SMALL, "device": "cuda", "precision": precision})
     generator = torch.Generator().manual_seed(1)
-    dataset = ImageDataset("toy", channels, 28, (0.5,) * channels, (0.25,) * channels, images=images(128, channels),
-                           labels=torch.randint(0, 4, (128,), generator=generator), classes=list("abcd"))
+    dataset = ImageDataset(
+        "toy",
+        channels,
+        28,
+        (0.5,) * channels,
+        (0.25,) * channels,
+        images=images(128, channels),
+        labels=torch.randint(0, 4, (128,), generator=generator),
+        classes=list("abcd"),
+    )
     runtime = Runtime.resolve(CUDA, precision, None)
     runtime.prepare()
     stream = BatchStream(dataset, cfg.batch_size, device=CUDA)
@@ -130,14 +149,21 @@ def test_evaluation_on_cuda_equals_the_cpus():
     train_labels, test_labels = torch.arange(256) % 4, torch.arange(64) % 4
     with exact_fp32():
         (train_cpu, test_cpu), (train_cuda, test_cuda) = [
-            (extract_features(copy.deepcopy(encoder).to(device), train, transform, device),
-             extract_features(copy.deepcopy(encoder).to(device), test, transform, device)) for device in (CPU, CUDA)]
+            (
+                extract_features(copy.deepcopy(encoder).to(device), train, transform, device),
+                extract_features(copy.deepcopy(encoder).to(device), test, transform, device),
+            )
+            for device in (CPU, CUDA)
+        ]
         torch.testing.assert_close(train_cuda, train_cpu, rtol=1e-4, atol=1e-4)
-        scores = [knn_predict_many(train_cpu, train_labels, test_cpu, (20,), 4, device=device)[20]
-                  for device in (CPU, CUDA)]
+        scores = [
+            knn_predict_many(train_cpu, train_labels, test_cpu, (20,), 4, device=device)[20] for device in (CPU, CUDA)
+        ]
         torch.testing.assert_close(scores[1], scores[0], rtol=1e-4, atol=1e-4)
-        probes = [linear_probe(train_cpu, train_labels, test_cpu, test_labels, 4, epochs=5, device=device)
-                  for device in (CPU, CUDA)]
+        probes = [
+            linear_probe(train_cpu, train_labels, test_cpu, test_labels, 4, epochs=5, device=device)
+            for device in (CPU, CUDA)
+        ]
     assert abs(probes[0]["top1"] - probes[1]["top1"]) <= 100 / 64 + 1e-6  # at most one test image apart
 
 
@@ -150,7 +176,9 @@ def test_synchronized_batch_norm_runs_sync_free_in_bf16_channels_last(implementa
     try:
         torch.manual_seed(0)
         plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).to(CUDA)
-        synced = convert_sync_batchnorm(copy.deepcopy(plain), CUDA, implementation).to(memory_format=torch.channels_last)
+        synced = convert_sync_batchnorm(copy.deepcopy(plain), CUDA, implementation).to(
+            memory_format=torch.channels_last
+        )
         assert synced[1].kernels == ("fused" if implementation == "fused" else "composite")
         x = torch.randn(16, 3, 12, 12, device=CUDA).contiguous(memory_format=torch.channels_last)
         reference = plain(x)

@@ -66,7 +66,10 @@ def test_unreadable_images_are_skipped_counted_and_their_slots_refilled(tmp_path
     batches = [images for images, _ in stream.epoch(seed=0, epoch=0, drop_last=False)]
 
     assert stream.bad_images == 4 and set(stream.bad_files) == {
-        i for i, path in enumerate(dataset.files) if path.name in ("empty.jpg", "truncated.jpg", "notes.png", "locked.png")}
+        i
+        for i, path in enumerate(dataset.files)
+        if path.name in ("empty.jpg", "truncated.jpg", "notes.png", "locked.png")
+    }
     assert sum(len(b) for b in batches) == 24  # every slot filled
     assert all(int(image.amax()) > 0 for batch in batches for image in batch)  # by real images, not black ones
     warning = capsys.readouterr().err
@@ -111,11 +114,14 @@ def test_evaluation_split_with_no_readable_image_is_one_line(tmp_path):
         data.dataset_images(load_folder(str(root), "train", load_size=8), 8)
 
 
-@pytest.mark.parametrize("setup, expected", [
-    (lambda root: None, "no such folder"),
-    (lambda root: root.mkdir(), "no image files"),
-    (lambda root: root.write_text("x"), "not a folder"),
-])
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        (lambda root: None, "no such folder"),
+        (lambda root: root.mkdir(), "no image files"),
+        (lambda root: root.write_text("x"), "not a folder"),
+    ],
+)
 def test_missing_or_empty_data_path_is_one_line(tmp_path, setup, expected):
     root = tmp_path / "data"
     setup(root)
@@ -128,9 +134,15 @@ def test_an_in_memory_split_on_the_device_gives_the_same_batches_in_the_same_ord
     from byol.data import ImageDataset
 
     generator = torch.Generator().manual_seed(0)
-    dataset = ImageDataset("toy", 1, 8, (0.5,), (0.5,), images=torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8,
-                                                                            generator=generator),
-                           labels=torch.arange(40))
+    dataset = ImageDataset(
+        "toy",
+        1,
+        8,
+        (0.5,),
+        (0.5,),
+        images=torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=generator),
+        labels=torch.arange(40),
+    )
     for rank in (0, 1):
         host = list(BatchStream(dataset, 8, rank=rank, world_size=2).epoch(seed=3, epoch=1, start=2))
         device = list(BatchStream(dataset, 8, rank=rank, world_size=2, device=torch.device("cpu")).epoch(3, 1, 2))

@@ -7,7 +7,9 @@ from byol.device import describe_precision, resolve_precision
 CPU = torch.device("cpu")
 
 
-INTEL_SAPPHIRE_RAPIDS = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+INTEL_SAPPHIRE_RAPIDS = (
+    "vendor_id\t: GenuineIntel\ncpu family\t: 6\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+)
 INTEL_AVX512_BF16 = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_fp16\n"
 AMD_ZEN5 = "vendor_id\t: AuthenticAMD\ncpu family\t: 26\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
 AMD_ZEN4 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
@@ -30,28 +32,34 @@ def test_an_explicit_precision_is_taken_as_asked(name, dtype, cpu, tmp_path, mon
     assert resolve_precision(name, CPU) is dtype
 
 
-@pytest.mark.parametrize("cpu, dtype, why", [
-    (INTEL_SAPPHIRE_RAPIDS, torch.bfloat16, "bf16 (auto: AMX on this CPU)"),
-    (AMD_ZEN5, torch.bfloat16, "bf16 (auto: AMD Zen 4 or later with AVX512-BF16)"),
-    (AMD_ZEN4, torch.bfloat16, "bf16 (auto: AMD Zen 4 or later with AVX512-BF16)"),
-    # measured 0.81x of fp32 on a training step: the flag alone is not enough
-    (INTEL_AVX512_BF16, None, "fp32 (auto: no AMX, and not an AMD CPU with AVX512-BF16)"),
-    (AMD_ZEN3, None, "fp32 (auto: no AMX, and not an AMD CPU with AVX512-BF16)"),
-    (AMD_AVX512_NO_BF16, None, "fp32 (auto: no AMX, and not an AMD CPU with AVX512-BF16)"),
-    (None, None, "fp32 (auto: CPU unknown (no /proc/cpuinfo))"),
-])
+@pytest.mark.parametrize(
+    "cpu, dtype, why",
+    [
+        (INTEL_SAPPHIRE_RAPIDS, torch.bfloat16, "bf16 (auto: AMX on this CPU)"),
+        (AMD_ZEN5, torch.bfloat16, "bf16 (auto: AMD Zen 4 or later with AVX512-BF16)"),
+        (AMD_ZEN4, torch.bfloat16, "bf16 (auto: AMD Zen 4 or later with AVX512-BF16)"),
+        # measured 0.81x of fp32 on a training step: the flag alone is not enough
+        (INTEL_AVX512_BF16, None, "fp32 (auto: no AMX, and not an AMD CPU with AVX512-BF16)"),
+        (AMD_ZEN3, None, "fp32 (auto: no AMX, and not an AMD CPU with AVX512-BF16)"),
+        (AMD_AVX512_NO_BF16, None, "fp32 (auto: no AMX, and not an AMD CPU with AVX512-BF16)"),
+        (None, None, "fp32 (auto: CPU unknown (no /proc/cpuinfo))"),
+    ],
+)
 def test_auto_on_cpu_follows_the_measured_rule_for_the_cpu_family(cpu, dtype, why, tmp_path, monkeypatch):
     _pretend_cpuinfo(cpu, tmp_path, monkeypatch)
     assert resolve_precision("auto", CPU) is dtype
     assert describe_precision("auto", CPU, dtype) == why
 
 
-@pytest.mark.parametrize("capability, dtype, why", [
-    ((9, 0), torch.bfloat16, "bf16 (auto: native on compute capability 9.0)"),  # H100
-    ((8, 0), torch.bfloat16, "bf16 (auto: native on compute capability 8.0)"),  # A100
-    ((7, 5), torch.float16, "fp16 (auto: compute capability 7.5 has no native bf16)"),  # T4: emulated bf16
-    ((7, 0), torch.float16, "fp16 (auto: compute capability 7.0 has no native bf16)"),  # V100
-])
+@pytest.mark.parametrize(
+    "capability, dtype, why",
+    [
+        ((9, 0), torch.bfloat16, "bf16 (auto: native on compute capability 9.0)"),  # H100
+        ((8, 0), torch.bfloat16, "bf16 (auto: native on compute capability 8.0)"),  # A100
+        ((7, 5), torch.float16, "fp16 (auto: compute capability 7.5 has no native bf16)"),  # T4: emulated bf16
+        ((7, 0), torch.float16, "fp16 (auto: compute capability 7.0 has no native bf16)"),  # V100
+    ],
+)
 def test_auto_on_cuda_takes_bf16_only_where_the_gpu_computes_it(capability, dtype, why, monkeypatch):
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)

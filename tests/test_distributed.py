@@ -41,14 +41,15 @@ class FixedViews(torch.nn.Module):
         self.local_crops = local_crops
 
     def forward(self, images):
-        local = [images[..., i:i + 8, i:i + 8] * (1 + 0.1 * i) for i in range(self.local_crops)]
+        local = [images[..., i : i + 8, i : i + 8] * (1 + 0.1 * i) for i in range(self.local_crops)]
         return (images, images.flip(-1) * 0.5 + 0.1, *local)
 
 
 def _in_ranks(world_size: int, tmp_path: Path, target, *args) -> list:
     """Run target(*args) in `world_size` gloo processes; return what each rank returned (rank order)."""
-    mp.start_processes(_rank_main, args=(world_size, str(tmp_path), target, args), nprocs=world_size,
-                       start_method="spawn")
+    mp.start_processes(
+        _rank_main, args=(world_size, str(tmp_path), target, args), nprocs=world_size, start_method="spawn"
+    )
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
 
 
@@ -86,19 +87,33 @@ def _two_steps(overrides: dict, images: torch.Tensor) -> dict:
     return {"losses": torch.stack(losses), "state": unwrap(model).state_dict()}
 
 
-@pytest.mark.parametrize("overrides", [
-    {},  # BYOL
-    {"negatives_beta": 0.5},  # negatives from the other rank's images too
-    {"method": "mocov2", "queue_size": 16},  # the queue takes every rank's keys: the same on both ranks
-    {"method": "swav", "prototypes": 20, "local_crops": 2},  # Sinkhorn's prototype marginals over both ranks
-    {"method": "dino", "prototypes": 20, "local_crops": 2},  # the centre from both ranks' teacher outputs
-    {"method": "barlowtwins", "lr": 0.001},  # cross-correlation of the global batch, autograd through the gather
-    {"method": "vicreg"},  # variance and covariance of the global batch
-    {"method": "simclr"},
-    {"backbone": "timm:vit_tiny_patch16_224"},  # LayerNorm only: nothing to synchronise but the gradients
-    {"backbone": "torchvision:resnet18"},  # a library's batch norms, synchronised (no dropout to differ by)
-], ids=["byol", "byol-negatives", "mocov2", "swav", "dino", "barlowtwins", "vicreg", "simclr", "timm-vit",
-        "torchvision-resnet18"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # BYOL
+        {"negatives_beta": 0.5},  # negatives from the other rank's images too
+        {"method": "mocov2", "queue_size": 16},  # the queue takes every rank's keys: the same on both ranks
+        {"method": "swav", "prototypes": 20, "local_crops": 2},  # Sinkhorn's prototype marginals over both ranks
+        {"method": "dino", "prototypes": 20, "local_crops": 2},  # the centre from both ranks' teacher outputs
+        {"method": "barlowtwins", "lr": 0.001},  # cross-correlation of the global batch, autograd through the gather
+        {"method": "vicreg"},  # variance and covariance of the global batch
+        {"method": "simclr"},
+        {"backbone": "timm:vit_tiny_patch16_224"},  # LayerNorm only: nothing to synchronise but the gradients
+        {"backbone": "torchvision:resnet18"},  # a library's batch norms, synchronised (no dropout to differ by)
+    ],
+    ids=[
+        "byol",
+        "byol-negatives",
+        "mocov2",
+        "swav",
+        "dino",
+        "barlowtwins",
+        "vicreg",
+        "simclr",
+        "timm-vit",
+        "torchvision-resnet18",
+    ],
+)
 def test_two_ranks_with_sync_bn_equal_one_process_with_the_whole_batch(tmp_path, overrides):
     images = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     single = _two_steps(overrides, images)
@@ -181,8 +196,13 @@ def _sync_bn_gradients(x: torch.Tensor, implementation: str = "byol") -> dict:
     # the loss of the global batch is the sum over ranks of each rank's part
     (bn(local) * weights).sum().backward()
     gathered, offset = gather(local.detach())
-    return {"grad": local.grad, "weight_grad": sum_over_ranks(bn.weight.grad), "offset": torch.tensor(offset),
-            "gathered": gathered, "running_var": bn.running_var}
+    return {
+        "grad": local.grad,
+        "weight_grad": sum_over_ranks(bn.weight.grad),
+        "offset": torch.tensor(offset),
+        "gathered": gathered,
+        "running_var": bn.running_var,
+    }
 
 
 @pytest.mark.parametrize("implementation", ["byol", "fused"])
@@ -203,7 +223,7 @@ def test_sync_batchnorm_gradients_and_statistics_are_those_of_the_global_batch(t
 
 
 def test_sync_batchnorm_implementations_are_chosen_by_name():
-    """"fused" marks our layers for torch's fused CUDA kernels (tests/test_cuda.py runs them); on CPU tensors
+    """ "fused" marks our layers for torch's fused CUDA kernels (tests/test_cuda.py runs them); on CPU tensors
     they take the composite path."""
     fused = convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu"), "fused")
     assert isinstance(fused[0], SyncBatchNorm) and fused[0].kernels == "fused"
@@ -228,15 +248,52 @@ def test_batch_that_does_not_split_over_ranks_is_refused():
 # ---------------------------------------------------------------- torchrun end to end
 
 # A tiny run on the synthetic Fashion-MNIST-format data: 16 steps, a checkpoint every 4.
-RUN = ["--preset", "smoke", "--subset", "256", "--batch-size", "32", "--epochs", "2", "--checkpoint-every", "4",
-       "--knn-bank", "128", "--knn-test", "64", "--device", "cpu", "--precision", "fp32", "--no-tensorboard"]
+RUN = [
+    "--preset",
+    "smoke",
+    "--subset",
+    "256",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--checkpoint-every",
+    "4",
+    "--knn-bank",
+    "128",
+    "--knn-test",
+    "64",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--no-tensorboard",
+]
 
 
 def torchrun(out: Path, data: Path, *extra: str, max_restarts: int = 0, env: dict | None = None):
     # --standalone: a fresh rendezvous round per restart (the static one can hand out stale addresses)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts",
-               str(max_restarts), "--monitor-interval", "0.2", "-m", "byol", "train", *RUN, "--data", str(data),
-               "--out", str(out), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        str(max_restarts),
+        "--monitor-interval",
+        "0.2",
+        "-m",
+        "byol",
+        "train",
+        *RUN,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *extra,
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=600)
 
@@ -282,8 +339,20 @@ def test_torchrun_run_records_world_size_and_resumes_to_the_uninterrupted_weight
 def test_swav_resumes_each_ranks_own_queue_to_the_uninterrupted_weights(tmp_path, uninterrupted):
     """SwAV's queue is each rank's own; the checkpoint gathers them and each rank takes its own back."""
     data = uninterrupted[0]
-    swav = ["--method", "swav", "--queue-size", "64", "--queue-start-epoch", "0", "--prototypes", "64",
-            "--subset", "128", "--knn-every", "0"]  # 8 steps; 2 × 16-image batches fill each rank's 32
+    swav = [
+        "--method",
+        "swav",
+        "--queue-size",
+        "64",
+        "--queue-start-epoch",
+        "0",
+        "--prototypes",
+        "64",
+        "--subset",
+        "128",
+        "--knn-every",
+        "0",
+    ]  # 8 steps; 2 × 16-image batches fill each rank's 32
     straight, out = tmp_path / "straight", tmp_path / "resumed"
     for run in ((straight, *swav), (out, *swav, "--stop-after-steps", "3"), (out, *swav, "--resume")):
         result = torchrun(run[0], data, *run[1:])
@@ -346,8 +415,20 @@ def test_a_timm_vit_and_a_torchvision_model_train_under_torchrun(tmp_path, unint
     data = uninterrupted[0]
     for backbone in ("timm:vit_tiny_patch16_224", "torchvision:mobilenet_v3_small"):
         out = tmp_path / backbone.replace(":", "-")
-        result = torchrun(out, data, "--backbone", backbone, "--image-size", "32", "--subset", "64", "--epochs", "1",
-                          "--knn-every", "0")
+        result = torchrun(
+            out,
+            data,
+            "--backbone",
+            backbone,
+            "--image-size",
+            "32",
+            "--subset",
+            "64",
+            "--epochs",
+            "1",
+            "--knn-every",
+            "0",
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert {r["world_size"] for r in _metrics(out) if "loss" in r} == {2}
         assert f"backbone: {backbone}" in (out / "config.yaml").read_text()
@@ -358,9 +439,11 @@ def test_a_timm_vit_and_a_torchvision_model_train_under_torchrun(tmp_path, unint
 def test_every_method_trains_under_torchrun(tmp_path, uninterrupted, method):
     data = uninterrupted[0]
     out = tmp_path / method
-    extra = {"mocov2": ["--queue-size", "64"],
-             "swav": ["--local-crops", "2", "--queue-size", "64", "--prototypes", "64"],
-             "dino": ["--local-crops", "2", "--prototypes", "64"]}.get(method, [])
+    extra = {
+        "mocov2": ["--queue-size", "64"],
+        "swav": ["--local-crops", "2", "--queue-size", "64", "--prototypes", "64"],
+        "dino": ["--local-crops", "2", "--prototypes", "64"],
+    }.get(method, [])
     result = torchrun(out, data, "--method", method, "--subset", "64", "--epochs", "2", "--knn-every", "0", *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world_size: 2" in (out / "config.yaml").read_text() and (out / "backbone.safetensors").exists()

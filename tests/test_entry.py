@@ -20,14 +20,15 @@ def _fresh(code: str) -> str:
 
 def test_the_static_help_is_what_the_parser_prints(monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
-    assert entry.HELP == build_parser().format_help()
+    assert build_parser().format_help() == entry.HELP
 
 
 def test_version_is_the_packages_and_help_and_version_import_no_torch():
     declared = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
     assert byol.__version__ == declared
-    out = _fresh("import sys; from byol.entry import main; main(['--version']); main(['--help']); "
-                 "print('torch' in sys.modules)")
+    out = _fresh(
+        "import sys; from byol.entry import main; main(['--version']); main(['--help']); print('torch' in sys.modules)"
+    )
     assert out.startswith(f"byol {declared}\n") and "COMMAND" in out and out.strip().endswith("False")
 
 

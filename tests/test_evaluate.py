@@ -25,7 +25,10 @@ def test_knn_and_linear_are_perfect_on_separable_clusters():
 def test_random_labels_give_chance():
     generator = torch.Generator().manual_seed(1)
     train_x, test_x = torch.randn(2000, 32, generator=generator), torch.randn(1000, 32, generator=generator)
-    train_y, test_y = torch.randint(0, 10, (2000,), generator=generator), torch.randint(0, 10, (1000,), generator=generator)
+    train_y, test_y = (
+        torch.randint(0, 10, (2000,), generator=generator),
+        torch.randint(0, 10, (1000,), generator=generator),
+    )
     assert abs(knn_accuracy(train_x, train_y, test_x, test_y, 10, k=200) - 10) < 4
     assert abs(linear_probe(train_x, train_y, test_x, test_y, 10, epochs=20, weight_decays=(0.0,))["top1"] - 10) < 4
 
@@ -88,7 +91,7 @@ def test_weight_decay_candidates_trained_side_by_side_end_as_if_trained_alone():
     rows, mean, std = torch.arange(len(x)), torch.zeros(1, x.shape[1]), torch.ones(1, x.shape[1])
     together = _fit_linear(x, y, rows, mean, std, 5, [0.0, 1e-2, 1e-1], epochs=3, batch_size=16, lr=0.1, seed=4)
     for head, wd in zip(together, [0.0, 1e-2, 1e-1]):
-        alone, = _fit_linear(x, y, rows, mean, std, 5, [wd], epochs=3, batch_size=16, lr=0.1, seed=4)
+        (alone,) = _fit_linear(x, y, rows, mean, std, 5, [wd], epochs=3, batch_size=16, lr=0.1, seed=4)
         assert torch.allclose(head.weight, alone.weight, atol=1e-6) and torch.allclose(head.bias, alone.bias, atol=1e-6)
     assert not torch.allclose(together[0].weight, together[2].weight, atol=1e-3)  # the decay did act
 
@@ -111,12 +114,24 @@ def test_features_past_the_spill_size_are_memory_mapped_and_read_back(monkeypatc
 
     monkeypatch.setattr(features, "SPILL_BYTES", 100)
     mapped, real_memmap = [], features.np.memmap
-    monkeypatch.setattr(features.np, "memmap", lambda *args, **kwargs: mapped.append(args) or real_memmap(*args, **kwargs))
+    monkeypatch.setattr(
+        features.np, "memmap", lambda *args, **kwargs: mapped.append(args) or real_memmap(*args, **kwargs)
+    )
     store = features.FeatureStore(10, 8)
     assert len(mapped) == 1 and not Path(mapped[0][0]).exists()  # unlinked at once: nothing left on disk
     store.append(torch.ones(4, 8))
     store.append(torch.full((3, 8), 2.0))
     result = store.tensor()
     assert result.shape == (7, 8) and result[:4].eq(1).all() and result[4:].eq(2).all()
-    assert linear_probe(torch.cat([result, -result]), torch.tensor([0] * 7 + [1] * 7), result, torch.zeros(7),
-                        2, epochs=3, weight_decays=(0.0,))["top1"] == 100.0
+    assert (
+        linear_probe(
+            torch.cat([result, -result]),
+            torch.tensor([0] * 7 + [1] * 7),
+            result,
+            torch.zeros(7),
+            2,
+            epochs=3,
+            weight_decays=(0.0,),
+        )["top1"]
+        == 100.0
+    )

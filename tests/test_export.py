@@ -25,8 +25,17 @@ def _encoder_files(tmp_path, backbone="resnet18", width=1.0, image_size=64, chan
     torch.manual_seed(0)
     encoder = build_backbone(backbone, width, image_size, channels, stem)
     encoder.train()(torch.randn(4, channels, image_size, image_size))  # running statistics away from 0 and 1
-    info = EncoderInfo(backbone, 1.0 if ":" in backbone else width, channels, image_size, encoder.feature_dim,
-                       "folder", (0.5,) * channels, (0.25,) * channels, stem)
+    info = EncoderInfo(
+        backbone,
+        1.0 if ":" in backbone else width,
+        channels,
+        image_size,
+        encoder.feature_dim,
+        "folder",
+        (0.5,) * channels,
+        (0.25,) * channels,
+        stem,
+    )
     weights = tmp_path / "backbone.safetensors"
     save_weights(weights, encoder.state_dict(), info.to_metadata())
     checkpoint = tmp_path / "checkpoint.pt"
@@ -52,8 +61,11 @@ def test_load_encoder_reads_the_checkpoint_and_the_weights_file_in_eval_mode(tmp
 
 def test_load_encoder_takes_a_run_folder_preferring_the_finished_encoder(tmp_path):
     encoder, weights, checkpoint = _encoder_files(tmp_path, width=0.25, image_size=32, channels=1)
-    save_weights(weights, {k: torch.zeros_like(v) for k, v in encoder.state_dict().items()},
-                 byol.load_encoder(weights).encoder_info.to_metadata())  # tells the two files apart
+    save_weights(
+        weights,
+        {k: torch.zeros_like(v) for k, v in encoder.state_dict().items()},
+        byol.load_encoder(weights).encoder_info.to_metadata(),
+    )  # tells the two files apart
     assert all(not v.any() for v in byol.load_encoder(tmp_path).state_dict().values())
     weights.unlink()  # a run stopped before its end has only the checkpoint
     _same_features(byol.load_encoder(tmp_path), encoder, channels=1, size=32)
@@ -66,8 +78,11 @@ def test_load_encoder_refuses_what_it_cannot_read_in_one_line(tmp_path):
     plain = tmp_path / "plain.safetensors"
     safetensors.torch.save_file({"w": torch.zeros(1)}, str(plain))
     (tmp_path / "m.onnx").write_bytes(b"onnx")
-    for path, words in ((plain, "no byol encoder metadata"), (tmp_path / "m.onnx", "runs in onnxruntime"),
-                        (tmp_path / "missing.pt", "no such checkpoint")):
+    for path, words in (
+        (plain, "no byol encoder metadata"),
+        (tmp_path / "m.onnx", "runs in onnxruntime"),
+        (tmp_path / "missing.pt", "no such checkpoint"),
+    ):
         with pytest.raises(UserError, match=words):
             byol.load_encoder(path)
 
@@ -76,7 +91,7 @@ def _run_load_line(report):
     """The `load` line the export prints, run as a user would paste it."""
     scope = {"torchvision": torchvision, "timm": timm, "safetensors": safetensors, "byol": byol}
     # our own printed instruction, run as a user would paste it
-    exec(report["load"], scope)  # noqa: S102
+    exec(report["load"], scope)
     return scope["model"]
 
 
@@ -108,18 +123,23 @@ def test_timm_export_loads_strictly_into_timm_create_model(tmp_path, backbone, c
     _same_features(_run_load_line(report), encoder, channels, size)
     # timm's own loader takes the file as "pretrained" weights too
     call = report["load"].split(";")[0].removeprefix("model = ").removesuffix(")")
-    overlay = eval(call + f", pretrained=True, pretrained_cfg_overlay=dict(file={str(tmp_path / 'timm.safetensors')!r}))",
-                   {"timm": timm})
+    overlay = eval(
+        call + f", pretrained=True, pretrained_cfg_overlay=dict(file={str(tmp_path / 'timm.safetensors')!r}))",
+        {"timm": timm},
+    )
     _same_features(overlay, encoder, channels, size)
 
 
-@pytest.mark.parametrize("files, fmt, words", [
-    ({"width": 0.5, "stem": "imagenet"}, "torchvision", "resnet18 at width 0.5 with the imagenet stem"),
-    ({"image_size": 32}, "timm", "with the cifar stem"),
-    ({"channels": 1, "stem": "imagenet"}, "torchvision", "takes 3-channel images and this encoder takes 1"),
-    ({"backbone": "timm:resnet18"}, "torchvision", "timm:resnet18 is a timm model; use --format timm"),
-    ({"backbone": "torchvision:resnet18"}, "timm", "is a torchvision model; use --format torchvision"),
-])
+@pytest.mark.parametrize(
+    "files, fmt, words",
+    [
+        ({"width": 0.5, "stem": "imagenet"}, "torchvision", "resnet18 at width 0.5 with the imagenet stem"),
+        ({"image_size": 32}, "timm", "with the cifar stem"),
+        ({"channels": 1, "stem": "imagenet"}, "torchvision", "takes 3-channel images and this encoder takes 1"),
+        ({"backbone": "timm:resnet18"}, "torchvision", "timm:resnet18 is a timm model; use --format timm"),
+        ({"backbone": "torchvision:resnet18"}, "timm", "is a torchvision model; use --format torchvision"),
+    ],
+)
 def test_exports_the_original_class_cannot_hold_are_refused_in_one_line(tmp_path, files, fmt, words):
     _, weights, _ = _encoder_files(tmp_path, **files)
     with pytest.raises(UserError, match=words) as error:
@@ -127,8 +147,10 @@ def test_exports_the_original_class_cannot_hold_are_refused_in_one_line(tmp_path
     assert "\n" not in str(error.value) and not (tmp_path / "out.safetensors").exists()
 
 
-needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None
-                                or importlib.util.find_spec("onnxruntime") is None, reason="needs byol[onnx]")
+needs_onnx = pytest.mark.skipif(
+    importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnxruntime") is None,
+    reason="needs byol[onnx]",
+)
 
 
 @needs_onnx
@@ -157,11 +179,32 @@ def test_onnx_without_the_exporter_says_which_extra_to_install(tmp_path, monkeyp
 def test_export_command_prints_what_it_wrote_and_how_to_load_it(tmp_path):
     _, weights, _ = _encoder_files(tmp_path, stem="imagenet")
     out = tmp_path / "tv.safetensors"
-    result = subprocess.run([sys.executable, "-m", "byol", "export", "--checkpoint", str(weights), "--out", str(out),
-                             "--format", "torchvision"], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "byol",
+            "export",
+            "--checkpoint",
+            str(weights),
+            "--out",
+            str(out),
+            "--format",
+            "torchvision",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["format"] == "torchvision" and report["load"].startswith("model = torchvision.models.resnet18()")
-    bad = subprocess.run([sys.executable, "-m", "byol", "export", "--checkpoint", str(weights), "--out", str(out),
-                          "--format", "keras"], capture_output=True, text=True, timeout=120, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "byol", "export", "--checkpoint", str(weights), "--out", str(out), "--format", "keras"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--format" in bad.stderr

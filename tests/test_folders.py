@@ -72,8 +72,9 @@ def test_eval_scores_a_test_split_that_lacks_a_class_correctly(tmp_path):
     encoder = build_backbone("resnet18", width=0.125, image_size=16)
     info = EncoderInfo("resnet18", 0.125, 3, 16, encoder.feature_dim, "folder", (0.5,) * 3, (0.25,) * 3)
     save_weights(tmp_path / "encoder.safetensors", encoder.state_dict(), info.to_metadata())
-    report = evaluate_encoder(str(tmp_path / "encoder.safetensors"), ["knn"], "folder", str(tmp_path / "data"), "cpu",
-                              quiet=True, workers=0)
+    report = evaluate_encoder(
+        str(tmp_path / "encoder.safetensors"), ["knn"], "folder", str(tmp_path / "data"), "cpu", quiet=True, workers=0
+    )
     assert report["raw_pixel_knn20_top1"] == 100.0  # every class a colour: raw pixels cannot miss
     assert report["_classes"] == ["apple", "banana", "cherry", "grape"]
 
@@ -178,11 +179,44 @@ def test_a_changed_folder_or_size_gets_a_new_cache_and_a_torn_slot_is_decoded_ag
 
 def test_training_with_the_cache_from_the_cli(tmp_path):
     make_split(tmp_path / "images", ["apple", "banana"], per_class=8)
-    args = [sys.executable, "-m", "byol", "train", "--dataset", "folder", "--data", str(tmp_path / "images"),
-            "--image-size", "16", "--width", "0.125", "--projection-dim", "16", "--projector-hidden-dim", "32",
-            "--predictor-hidden-dim", "32", "--batch-size", "8", "--epochs", "2", "--workers", "0", "--device", "cpu",
-            "--precision", "fp32", "--no-tensorboard", "--knn-every", "0", "--cache-decoded", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "run"), "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "byol",
+        "train",
+        "--dataset",
+        "folder",
+        "--data",
+        str(tmp_path / "images"),
+        "--image-size",
+        "16",
+        "--width",
+        "0.125",
+        "--projection-dim",
+        "16",
+        "--projector-hidden-dim",
+        "32",
+        "--predictor-hidden-dim",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--no-tensorboard",
+        "--knn-every",
+        "0",
+        "--cache-decoded",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    ]
     result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "cache").glob("*.images"))) == 1

@@ -21,7 +21,11 @@ from byol.errors import UserError
 from byol.folders import decode_or_reason
 
 # 300 per property in the default suite; BYOL_FUZZ_EXAMPLES=5000 for the longer runs in docs/reliability.md.
-FUZZ = settings(max_examples=int(os.environ.get("BYOL_FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("BYOL_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 SIZE = 12
 
 
@@ -47,10 +51,17 @@ FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
 
 
 @FUZZ
-@given(mode=st.sampled_from(MODES), fmt=st.sampled_from(FORMATS), width=st.integers(1, 40),
-       height=st.integers(1, 40), seed=st.integers(0, 2**32 - 1), keep=st.floats(0.0, 1.0))
-def test_real_images_of_every_mode_decode_and_truncated_ones_never_crash(tmp_path, mode, fmt, width, height, seed,
-                                                                          keep):
+@given(
+    mode=st.sampled_from(MODES),
+    fmt=st.sampled_from(FORMATS),
+    width=st.integers(1, 40),
+    height=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+    keep=st.floats(0.0, 1.0),
+)
+def test_real_images_of_every_mode_decode_and_truncated_ones_never_crash(
+    tmp_path, mode, fmt, width, height, seed, keep
+):
     rng = np.random.default_rng(seed)
     pixels = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
     if mode in ("I;16", "I", "F"):
@@ -71,8 +82,14 @@ def test_real_images_of_every_mode_decode_and_truncated_ones_never_crash(tmp_pat
     _assert_decoded_or_refused(path)
 
 
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=20), st.lists(st.text(max_size=5), max_size=3))
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.lists(st.text(max_size=5), max_size=3),
+)
 _KEYS = st.one_of(st.sampled_from(sorted(FIELDS)), st.text(max_size=12))
 
 
@@ -89,8 +106,9 @@ def test_any_config_values_give_a_valid_config_or_one_line_error(values):
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=200),
-                      st.dictionaries(_KEYS, _VALUES, max_size=6).map(lambda d: yaml.safe_dump(d))))
+@given(
+    text=st.one_of(st.text(max_size=200), st.dictionaries(_KEYS, _VALUES, max_size=6).map(lambda d: yaml.safe_dump(d)))
+)
 def test_any_yaml_file_gives_options_or_one_line_error(tmp_path, text):
     path = tmp_path / "config.yaml"
     path.write_text(text, encoding="utf-8")

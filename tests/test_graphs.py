@@ -20,8 +20,18 @@ from byol.graphs import GraphedStep
 from byol.trainer import Schedule, Trainer
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
-SMALL = dict(width=0.25, projection_dim=32, projector_hidden_dim=64, predictor_hidden_dim=64, batch_size=32,
-             epochs=3, warmup_epochs=0.5, lr=0.3, base_tau=0.97, knn_every=0)
+SMALL = dict(
+    width=0.25,
+    projection_dim=32,
+    projector_hidden_dim=64,
+    predictor_hidden_dim=64,
+    batch_size=32,
+    epochs=3,
+    warmup_epochs=0.5,
+    lr=0.3,
+    base_tau=0.97,
+    knn_every=0,
+)
 
 
 def tiny_backbone():
@@ -30,9 +40,16 @@ def tiny_backbone():
 
 def toy_dataset(channels: int = 1, n: int = 128) -> ImageDataset:
     generator = torch.Generator().manual_seed(1)
-    return ImageDataset("toy", channels, 28, (0.5,) * channels, (0.25,) * channels,
-                        images=torch.randint(0, 256, (n, channels, 28, 28), dtype=torch.uint8, generator=generator),
-                        labels=torch.randint(0, 4, (n,), generator=generator), classes=list("abcd"))
+    return ImageDataset(
+        "toy",
+        channels,
+        28,
+        (0.5,) * channels,
+        (0.25,) * channels,
+        images=torch.randint(0, 256, (n, channels, 28, 28), dtype=torch.uint8, generator=generator),
+        labels=torch.randint(0, 4, (n,), generator=generator),
+        classes=list("abcd"),
+    )
 
 
 def make_trainer(device: torch.device, precision: str, channels: int = 1, **overrides) -> tuple[Trainer, BatchStream]:
@@ -69,8 +86,13 @@ def test_a_learner_says_when_a_replayed_forward_would_go_wrong():
     assert SwAV(tiny_backbone(), prototypes=10).graph_problem is None  # no queue: only tensors change
     problem = SwAV(tiny_backbone(), prototypes=10, queue_size=64).graph_problem
     assert "--queue-size" in problem
-    dino = DINO(tiny_backbone(), prototypes=10, teacher_temperature_start=0.04, teacher_temperature=0.07,
-                teacher_temperature_epochs=3)
+    dino = DINO(
+        tiny_backbone(),
+        prototypes=10,
+        teacher_temperature_start=0.04,
+        teacher_temperature=0.07,
+        teacher_temperature_epochs=3,
+    )
     keys = []
     for epoch in (0.0, 0.5, 1.0, 2.0, 3.5, 7.0):
         dino.set_progress(0, epoch)
@@ -109,13 +131,21 @@ class FakeCuda:
 
 def test_warm_up_then_one_capture_then_replays_and_a_new_capture_per_teacher_temperature(monkeypatch):
     fake = FakeCuda(monkeypatch)
-    learner = DINO(tiny_backbone(), projection_dim=8, projector_hidden_dim=16, prototypes=10,
-                   teacher_temperature_start=0.04, teacher_temperature=0.07, teacher_temperature_epochs=2,
-                   freeze_head_epochs=1.0)
+    learner = DINO(
+        tiny_backbone(),
+        projection_dim=8,
+        projector_hidden_dim=16,
+        prototypes=10,
+        teacher_temperature_start=0.04,
+        teacher_temperature=0.07,
+        teacher_temperature_epochs=2,
+        freeze_head_epochs=1.0,
+    )
     augment = BYOLAugment(16, (0.5,) * 3, (0.25,) * 3)
     optimizer = torch.optim.SGD(learner.parameters(), lr=0.1)
-    step = GraphedStep(learner, augment, optimizer, torch.amp.GradScaler("cpu", enabled=False),
-                       torch.contiguous_format, None)
+    step = GraphedStep(
+        learner, augment, optimizer, torch.amp.GradScaler("cpu", enabled=False), torch.contiguous_format, None
+    )
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     last_layer = [p for p in learner.online_projector.last_layer.parameters() if p.requires_grad]
     for index, epoch in enumerate((0.0, 0.0, 0.0, 0.25, 0.5, 1.0, 1.5)):
@@ -179,9 +209,12 @@ def test_replayed_steps_never_wait_for_the_device_and_stay_finite(precision):
     # fp16's scaler reads one flag per step (its optimizer step, not the graph): only bf16 is checked sync-free
     torch.cuda.set_sync_debug_mode("error" if precision == "bf16" else "default")
     try:
-        losses = [trainer.step(images, labels, step).loss.clone()
-                  for step, (images, labels) in enumerate(batches[GraphedStep.WARMUP_STEPS + 1:],
-                                                          GraphedStep.WARMUP_STEPS + 1)]
+        losses = [
+            trainer.step(images, labels, step).loss.clone()
+            for step, (images, labels) in enumerate(
+                batches[GraphedStep.WARMUP_STEPS + 1 :], GraphedStep.WARMUP_STEPS + 1
+            )
+        ]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(torch.stack(losses)).all() and trainer.run_step.captures == 1
@@ -191,9 +224,16 @@ def test_replayed_steps_never_wait_for_the_device_and_stay_finite(precision):
 
 @pytest.mark.cuda
 def test_dino_is_captured_again_when_its_teacher_temperature_changes():
-    overrides = dict(method="dino", projection_dim=16, projector_hidden_dim=32, prototypes=40,
-                     teacher_temperature_start=0.04, teacher_temperature=0.07, teacher_temperature_epochs=3,
-                     freeze_head_epochs=1.0)
+    overrides = dict(
+        method="dino",
+        projection_dim=16,
+        projector_hidden_dim=32,
+        prototypes=40,
+        teacher_temperature_start=0.04,
+        teacher_temperature=0.07,
+        teacher_temperature_epochs=3,
+        freeze_head_epochs=1.0,
+    )
     losses = {}
     for graphs in (False, True):
         trainer, stream = make_trainer(CUDA, "bf16", channels=3, cuda_graphs=graphs, **overrides)
@@ -203,12 +243,16 @@ def test_dino_is_captured_again_when_its_teacher_temperature_changes():
     for eager, graphed in zip(losses[False], losses[True], strict=True):
         assert graphed == pytest.approx(eager, rel=0.05, abs=0.05)  # bf16: the same run, rounded differently
     # frozen for epoch 0 (its gradient dropped), trained after
-    assert all(param.grad is not None for param in trainer.learner.online_projector.last_layer.parameters()
-               if param.requires_grad)
+    assert all(
+        param.grad is not None
+        for param in trainer.learner.online_projector.last_layer.parameters()
+        if param.requires_grad
+    )
 
 
 @pytest.mark.cuda
 def test_bench_replays_the_step():
-    result = bench(width=0.125, image_size=32, batch_size=16, steps=3, device="cuda", precision="bf16",
-                   cuda_graphs=True)
+    result = bench(
+        width=0.125, image_size=32, batch_size=16, steps=3, device="cuda", precision="bf16", cuda_graphs=True
+    )
     assert result["cuda_graphs"] and result["images_per_s"] > 0

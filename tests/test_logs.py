@@ -25,8 +25,16 @@ def test_quiet_keeps_warnings_and_other_ranks_stay_silent(capsys):
 
 
 def record(step: int, std: float, rank: float = 20.0) -> dict:
-    return {"step": step, "epoch": step / 10, "loss": 1.0, "lr": 0.1, "images_per_s": 100.0,
-            "embedding_std": std, "effective_rank": rank, "embedding_dim": 16}
+    return {
+        "step": step,
+        "epoch": step / 10,
+        "loss": 1.0,
+        "lr": 0.1,
+        "images_per_s": 100.0,
+        "embedding_std": std,
+        "effective_rank": rank,
+        "embedding_dim": 16,
+    }
 
 
 def test_collapse_is_warned_once_and_its_recovery_noted(tmp_path, capsys):

@@ -57,8 +57,16 @@ def test_tau_one_keeps_the_initial_random_target():
 def test_negatives_beta_adds_the_appendix_term_and_zero_is_byol():
     from byol import negatives_term
 
-    learner = build_method("byol", backbone(), 64, projection_dim=8, projector_hidden_dim=16, predictor_hidden_dim=16,
-                           negatives_beta=1.0, temperature=0.2)
+    learner = build_method(
+        "byol",
+        backbone(),
+        64,
+        projection_dim=8,
+        projector_hidden_dim=16,
+        predictor_hidden_dim=16,
+        negatives_beta=1.0,
+        temperature=0.2,
+    )
     state = copy.deepcopy(learner.state_dict())
     v1, v2 = views()
     with_negatives = learner(v1, v2)
@@ -73,8 +81,15 @@ def test_negatives_beta_adds_the_appendix_term_and_zero_is_byol():
 
 
 def test_group_ws_replaces_every_batch_norm_in_encoder_and_heads():
-    learner = build_method("byol", backbone("group-ws"), 64, projection_dim=8, projector_hidden_dim=16,
-                           predictor_hidden_dim=16, norm="group-ws")
+    learner = build_method(
+        "byol",
+        backbone("group-ws"),
+        64,
+        projection_dim=8,
+        projector_hidden_dim=16,
+        predictor_hidden_dim=16,
+        norm="group-ws",
+    )
     kinds = {type(m) for m in learner.modules()}
     assert nn.BatchNorm2d not in kinds and nn.BatchNorm1d not in kinds
     assert nn.GroupNorm in kinds and WSLinear in kinds

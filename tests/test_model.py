@@ -78,7 +78,8 @@ def test_target_starts_as_copy_and_ema_update_is_exact():
     for t, t0, o in zip(learner.target_parameters(), before_target, online):
         assert torch.allclose(t, 0.9 * t0 + 0.1 * o, rtol=1e-6, atol=1e-7)
     assert len(before_target) == len(list(learner.online_encoder.parameters())) + len(
-        list(learner.online_projector.parameters()))
+        list(learner.online_projector.parameters())
+    )
 
 
 def test_tau_one_freezes_target_and_tau_zero_copies_online():

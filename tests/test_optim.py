@@ -11,7 +11,10 @@ def small_net():
 def test_groups_exclude_biases_and_norm_parameters():
     net = small_net()
     adapted, excluded = lars_param_groups(net, weight_decay=1e-4)
-    ids = lambda ps: {id(p) for p in ps}
+
+    def ids(ps):
+        return {id(p) for p in ps}
+
     assert ids(adapted["params"]) == {id(net[0].weight), id(net[3].weight)}
     assert ids(excluded["params"]) == {id(net[0].bias), id(net[1].weight), id(net[1].bias), id(net[3].bias)}
     assert excluded["weight_decay"] == 0 and excluded["lars_exclude"]
@@ -29,8 +32,9 @@ def test_adapted_step_matches_formula():
     w = nn.Parameter(torch.randn(8, 3))
     g = torch.randn(8, 3)
     w0 = w.detach().clone()
-    opt = LARS([{"params": [w], "weight_decay": 0.1, "lars_exclude": False}], lr=0.5, momentum=0.9,
-               trust_coefficient=1e-3)
+    opt = LARS(
+        [{"params": [w], "weight_decay": 0.1, "lars_exclude": False}], lr=0.5, momentum=0.9, trust_coefficient=1e-3
+    )
     w.grad = g.clone()
     opt.step()
     decayed = g + 0.1 * w0
@@ -63,14 +67,23 @@ def test_zero_weights_use_trust_one():
     assert torch.allclose(w.detach(), -torch.ones(4, 4))
 
 
-def per_parameter_lars_step(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: float, momentum: float,
-                            weight_decay: float, trust_coefficient: float, exclude: bool) -> None:
+def per_parameter_lars_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    buf: torch.Tensor,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    exclude: bool,
+) -> None:
     """LARS written out one parameter at a time (the optimizer's previous form), as the reference."""
     if not exclude:
         grad = grad.add(param, alpha=weight_decay)
         param_norm, grad_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad)
-        trust = torch.where((param_norm > 0) & (grad_norm > 0), trust_coefficient * param_norm / grad_norm,
-                            torch.ones_like(param_norm))
+        trust = torch.where(
+            (param_norm > 0) & (grad_norm > 0), trust_coefficient * param_norm / grad_norm, torch.ones_like(param_norm)
+        )
         grad = grad * trust
     buf.mul_(momentum).add_(grad, alpha=lr)
     param.sub_(buf)
@@ -80,8 +93,12 @@ def test_multi_tensor_lars_equals_the_per_parameter_form_with_the_same_exclusion
     from byol import BYOL, build_backbone
 
     torch.manual_seed(0)
-    learner = BYOL(build_backbone("resnet18", width=0.125, image_size=16), projection_dim=8, projector_hidden_dim=16,
-                   predictor_hidden_dim=16)
+    learner = BYOL(
+        build_backbone("resnet18", width=0.125, image_size=16),
+        projection_dim=8,
+        projector_hidden_dim=16,
+        predictor_hidden_dim=16,
+    )
     groups = lars_param_groups(learner, weight_decay=1e-3)
     optimizer = LARS(groups, lr=0.3, momentum=0.9, trust_coefficient=1e-3)
     reference = {p: (p.detach().clone(), torch.zeros_like(p)) for g in groups for p in g["params"]}
@@ -92,8 +109,9 @@ def test_multi_tensor_lars_equals_the_per_parameter_form_with_the_same_exclusion
             for group in groups:
                 for param in group["params"]:
                     ref, buf = reference[param]
-                    per_parameter_lars_step(ref, param.grad, buf, 0.3, 0.9, group["weight_decay"], 1e-3,
-                                            group["lars_exclude"])
+                    per_parameter_lars_step(
+                        ref, param.grad, buf, 0.3, 0.9, group["weight_decay"], 1e-3, group["lars_exclude"]
+                    )
         optimizer.step()
         for param, (ref, _) in reference.items():
             torch.testing.assert_close(param.detach(), ref, rtol=1e-6, atol=1e-7)

@@ -18,7 +18,7 @@ def test_the_python_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope = {}
     # the README's own code, under test
-    exec(compile(example, "README.md", "exec"), scope)  # noqa: S102
+    exec(compile(example, "README.md", "exec"), scope)
     assert scope["step"] == scope["total_steps"] == 4 and torch.isfinite(scope["loss"])
     model = torchvision.models.resnet18()
     model.fc = torch.nn.Identity()
@@ -59,8 +59,11 @@ def test_every_call_in_the_api_table_has_the_real_signature():
     table = [line for line in SECTION.splitlines() if line.startswith("| `byol.")]
     calls = re.findall(r"`byol\.(\w+)\(([^`]*)\)`", "\n".join(table))
     assert len(calls) >= 30
-    wrong = {name: (shown, signature_text(getattr(byol, name))) for name, shown in calls
-             if shown != signature_text(getattr(byol, name))}
+    wrong = {
+        name: (shown, signature_text(getattr(byol, name)))
+        for name, shown in calls
+        if shown != signature_text(getattr(byol, name))
+    }
     assert not wrong, wrong
 
 
@@ -87,7 +90,7 @@ def _documented_train_commands(text: str) -> list[list[str]]:
                 line = line.replace(f"${name}", value)
             words = shlex.split(line) if "byol train" in line or "-m byol train" in line else []
             if words:
-                commands.append(words[words.index("train") + 1:])
+                commands.append(words[words.index("train") + 1 :])
     return commands
 
 

@@ -19,8 +19,13 @@ from .test_train import TINY
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "byol", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "byol", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +34,17 @@ def trained_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("run")
     data = make_fashion_like(root / "data", train=256, test=128)
-    cfg = resolve(overrides={**TINY, "subset": None, "data": str(data), "out": str(root / "run"), "knn_every": 1,
-                             "knn_bank": 200, "knn_test": 100})
+    cfg = resolve(
+        overrides={
+            **TINY,
+            "subset": None,
+            "data": str(data),
+            "out": str(root / "run"),
+            "knn_every": 1,
+            "knn_bank": 200,
+            "knn_test": 100,
+        }
+    )
     train(cfg, quiet=True)
     return root / "run", data
 
@@ -46,12 +60,21 @@ def test_monitor_logs_knn_and_probe(trained_run):
 
 def test_eval_json_has_every_field_and_beats_chance(trained_run):
     run, data = trained_run
-    result = cli("eval", "--checkpoint", str(run / "checkpoint.pt"), "--data", str(data), "--json",
-                 "--linear-epochs", "10")
+    result = cli(
+        "eval", "--checkpoint", str(run / "checkpoint.pt"), "--data", str(data), "--json", "--linear-epochs", "10"
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    for key in ("knn_top1", "knn20_top1", "linear_top1", "linear_top5", "random_init_knn_top1",
-                "random_init_linear_top1", "raw_pixel_knn_top1", "raw_pixel_linear_top1"):
+    for key in (
+        "knn_top1",
+        "knn20_top1",
+        "linear_top1",
+        "linear_top5",
+        "random_init_knn_top1",
+        "random_init_linear_top1",
+        "raw_pixel_knn_top1",
+        "raw_pixel_linear_top1",
+    ):
         assert 0 <= report[key] <= 100, key
     # the synthetic classes are prototypes plus noise: raw pixels separate them almost perfectly
     assert report["raw_pixel_knn_top1"] > 90
@@ -63,8 +86,21 @@ def test_eval_json_has_every_field_and_beats_chance(trained_run):
 
 def test_semi_protocol_saves_its_subsets(trained_run, tmp_path):
     run, data = trained_run
-    result = cli("eval", "--checkpoint", str(run / "backbone.safetensors"), "--data", str(data), "--protocol",
-                 "semi", "--no-baselines", "--semi-epochs", "1", "--out", str(tmp_path), "--json")
+    result = cli(
+        "eval",
+        "--checkpoint",
+        str(run / "backbone.safetensors"),
+        "--data",
+        str(data),
+        "--protocol",
+        "semi",
+        "--no-baselines",
+        "--semi-epochs",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert 0 <= report["semi_1pct_top1"] <= 100 and 0 <= report["semi_10pct_top1"] <= 100

@@ -60,8 +60,9 @@ def test_json_files_and_the_last_record_holding_a_key(tmp_path):
     assert run.read_json(RunDir.EVAL) is None
     path = run.write_json(RunDir.EVAL, {"knn_top1": 50.0})
     assert path == tmp_path / "eval.json" and run.read_json(RunDir.EVAL) == {"knn_top1": 50.0}
-    run.metrics.write_text('{"step": 1, "embedding_std": 0.1}\n{"step": 2, "embedding_std": 0.2}\n'
-                           '{"step": 2, "knn_top1": 10.0}\n')
+    run.metrics.write_text(
+        '{"step": 1, "embedding_std": 0.1}\n{"step": 2, "embedding_std": 0.2}\n{"step": 2, "knn_top1": 10.0}\n'
+    )
     assert run.last_metrics_with("embedding_std") == {"step": 2, "embedding_std": 0.2}
     assert run.last_metrics_with("probe_top1") == {}
 

@@ -11,8 +11,9 @@ from byol.step import apply_gradients, forward_backward, training_step
 
 def parts():
     torch.manual_seed(0)
-    learner = BYOL(build_backbone("resnet18", 0.125, 16, 3), projection_dim=16, projector_hidden_dim=32,
-                   predictor_hidden_dim=32)
+    learner = BYOL(
+        build_backbone("resnet18", 0.125, 16, 3), projection_dim=16, projector_hidden_dim=32, predictor_hidden_dim=32
+    )
     optimizer = LARS(lars_param_groups(learner, 1e-6), lr=0.2)
     return learner, optimizer, BYOLAugment(16, (0.5,) * 3, (0.25,) * 3), torch.amp.GradScaler("cpu", enabled=False)
 

@@ -14,15 +14,29 @@ from byol.config import resolve
 from byol.data import FASHION_MNIST_SYSTEM_DIR
 from byol.train import train
 
-TINY = dict(subset=128, width=0.125, projection_dim=16, projector_hidden_dim=32, predictor_hidden_dim=32,
-            batch_size=32, epochs=2, log_every=1, checkpoint_every=3, warmup_epochs=0.5, lr=0.4, base_tau=0.97,
-            device="cpu", precision="fp32")
+TINY = dict(
+    subset=128,
+    width=0.125,
+    projection_dim=16,
+    projector_hidden_dim=32,
+    predictor_hidden_dim=32,
+    batch_size=32,
+    epochs=2,
+    log_every=1,
+    checkpoint_every=3,
+    warmup_epochs=0.5,
+    lr=0.4,
+    base_tau=0.97,
+    device="cpu",
+    precision="fp32",
+)
 
 
 def run_cli(*args, cwd=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "byol", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "byol", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 @pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
@@ -34,7 +48,9 @@ def test_smoke_preset_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     lines = [r for r in lines if "loss" in r]  # the epoch-0 kNN line has no loss
-    assert lines and {"step", "epoch", "loss", "lr", "tau", "images_per_s", "embedding_std", "effective_rank"} <= set(lines[0])
+    assert lines and {"step", "epoch", "loss", "lr", "tau", "images_per_s", "embedding_std", "effective_rank"} <= set(
+        lines[0]
+    )
     assert [r["step"] for r in lines] == sorted({r["step"] for r in lines})
     assert lines[-1]["loss"] < lines[0]["loss"]  # it learns something even in 16 steps
     weights = load_file(str(out / "backbone.safetensors"))
@@ -47,8 +63,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, fashion_
     straight = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "straight")})
     train(straight, quiet=True)
 
-    interrupted = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "resumed"),
-                                     "stop_after_steps": 3})
+    interrupted = resolve(
+        overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "resumed"), "stop_after_steps": 3}
+    )
     summary = train(interrupted, quiet=True)
     assert summary["steps"] == 3 and not summary["finished"]
     assert not (tmp_path / "resumed" / "backbone.safetensors").exists()
@@ -74,24 +91,51 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, fashion_
 
 def test_fp16_keeps_its_gradient_scaler_in_the_checkpoint_and_resumes_to_the_uninterrupted_run(tmp_path, fashion_dir):
     """fp16 (what `auto` picks on a GPU without native bf16) trains with a GradScaler, whose state is the run's."""
-    base = {**TINY, "precision": "fp16", "data": str(fashion_dir), "knn_every": 0, "online_probe": False,
-            "epochs": 1, "checkpoint_every": 2}  # 4 steps: fp16 is emulated, so slow, on a CPU
+    base = {
+        **TINY,
+        "precision": "fp16",
+        "data": str(fashion_dir),
+        "knn_every": 0,
+        "online_probe": False,
+        "epochs": 1,
+        "checkpoint_every": 2,
+    }  # 4 steps: fp16 is emulated, so slow, on a CPU
     train(resolve(overrides={**base, "out": str(tmp_path / "straight")}), quiet=True)
     train(resolve(overrides={**base, "out": str(tmp_path / "resumed"), "stop_after_steps": 2}), quiet=True)
-    assert train(resolve(config_file=str(tmp_path / "resumed" / "config.yaml"), overrides={"resume": True}),
-                 quiet=True)["finished"]
+    assert train(
+        resolve(config_file=str(tmp_path / "resumed" / "config.yaml"), overrides={"resume": True}), quiet=True
+    )["finished"]
     a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "resumed"))
     assert a["scaler"] == b["scaler"] and a["scaler"]["_growth_tracker"] > 0  # steps since the scale last changed
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    losses = [json.loads(line).get("loss") for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line).get("loss") for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert all(math.isfinite(loss) for loss in losses if loss is not None)
 
 
 def test_existing_run_is_not_overwritten_without_resume(tmp_path, fashion_dir):
-    args = ["train", "--data", str(fashion_dir), "--out", str(tmp_path / "run"), "--subset", "64", "--batch-size",
-            "32", "--epochs", "1", "--width", "0.125", "--projector-hidden-dim", "32", "--predictor-hidden-dim", "32",
-            "--quiet"]
+    args = [
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--out",
+        str(tmp_path / "run"),
+        "--subset",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--width",
+        "0.125",
+        "--projector-hidden-dim",
+        "32",
+        "--predictor-hidden-dim",
+        "32",
+        "--quiet",
+    ]
     assert run_cli(*args).returncode == 0
     again = run_cli(*args)
     assert again.returncode == 2
@@ -105,11 +149,43 @@ def test_resume_refuses_a_stem_the_checkpoint_was_not_trained_with(tmp_path, fas
     first = resolve(overrides={**TINY, "epochs": 1, "stem": "cifar-pool", "data": str(fashion_dir), "out": str(out)})
     train(first, quiet=True)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    args = ["train", "--data", str(fashion_dir), "--out", str(out), "--subset", "128", "--width", "0.125",
-            "--projection-dim", "16", "--projector-hidden-dim", "32", "--predictor-hidden-dim", "32",
-            "--batch-size", "32", "--epochs", "1", "--warmup-epochs", "0.5", "--lr", "0.4", "--base-tau", "0.97",
-            "--log-every", "1", "--checkpoint-every", "3", "--precision", "fp32", "--stem", "cifar", "--resume",
-            "--quiet"]
+    args = [
+        "train",
+        "--data",
+        str(fashion_dir),
+        "--out",
+        str(out),
+        "--subset",
+        "128",
+        "--width",
+        "0.125",
+        "--projection-dim",
+        "16",
+        "--projector-hidden-dim",
+        "32",
+        "--predictor-hidden-dim",
+        "32",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0.5",
+        "--lr",
+        "0.4",
+        "--base-tau",
+        "0.97",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "3",
+        "--precision",
+        "fp32",
+        "--stem",
+        "cifar",
+        "--resume",
+        "--quiet",
+    ]
     refused = run_cli(*args)
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
     assert "'cifar-pool' stem" in refused.stderr and "--stem cifar-pool" in refused.stderr
@@ -119,26 +195,28 @@ def test_resume_refuses_a_stem_the_checkpoint_was_not_trained_with(tmp_path, fas
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path, fashion_dir):
-    cfg = resolve(overrides={**TINY, "epochs": 1, "data": str(fashion_dir), "out": str(tmp_path / "r"),
-                             "resume": True})
+    cfg = resolve(overrides={**TINY, "epochs": 1, "data": str(fashion_dir), "out": str(tmp_path / "r"), "resume": True})
     assert train(cfg, quiet=True)["finished"]
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--dataset", "fashion-mnist", "--data", "/nonexistent/fm"], "/nonexistent/fm"),
-    (["--dataset", "folder", "--data", "/nonexistent/imgs"], "/nonexistent/imgs"),
-    (["--batch-size", "1"], "--batch-size"),
-    (["--config", "/nonexistent/c.yaml"], "/nonexistent/c.yaml"),
-    (["--method", "moco"], "--method"),
-    (["--aug-remove", "colour"], "--aug-remove"),
-    (["--norm", "layer"], "--norm"),
-    (["--stem", "big"], "--stem"),
-    (["--method", "simclr", "--no-predictor"], "--method"),
-    (["--method", "swav", "--no-predictor"], "--method swav"),
-    (["--method", "mocov2", "--local-crops", "2"], "--method mocov2 takes no local crops"),
-    (["--method", "mocov2", "--queue-size", "1000"], "--queue-size 1000"),
-    (["--local-crop-scale", "0.5", "0.2"], "--local-crop-scale"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--dataset", "fashion-mnist", "--data", "/nonexistent/fm"], "/nonexistent/fm"),
+        (["--dataset", "folder", "--data", "/nonexistent/imgs"], "/nonexistent/imgs"),
+        (["--batch-size", "1"], "--batch-size"),
+        (["--config", "/nonexistent/c.yaml"], "/nonexistent/c.yaml"),
+        (["--method", "moco"], "--method"),
+        (["--aug-remove", "colour"], "--aug-remove"),
+        (["--norm", "layer"], "--norm"),
+        (["--stem", "big"], "--stem"),
+        (["--method", "simclr", "--no-predictor"], "--method"),
+        (["--method", "swav", "--no-predictor"], "--method swav"),
+        (["--method", "mocov2", "--local-crops", "2"], "--method mocov2 takes no local crops"),
+        (["--method", "mocov2", "--queue-size", "1000"], "--queue-size 1000"),
+        (["--local-crop-scale", "0.5", "0.2"], "--local-crop-scale"),
+    ],
+)
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, expected):
     result = run_cli("train", "--out", str(tmp_path / "x"), *args)
     assert result.returncode == 2
@@ -154,10 +232,22 @@ def test_folder_dataset_trains(tmp_path):
     for label in ("cats", "dogs"):
         (root / label).mkdir(parents=True)
         for i in range(20):
-            Image.fromarray(torch.randint(0, 256, (40, 50, 3), dtype=torch.uint8).numpy()).save(root / label / f"{i}.png")
+            Image.fromarray(torch.randint(0, 256, (40, 50, 3), dtype=torch.uint8).numpy()).save(
+                root / label / f"{i}.png"
+            )
     (root / "cats" / "broken.jpg").write_bytes(b"not an image")
-    cfg = resolve(overrides={**TINY, "dataset": "folder", "data": str(root), "image_size": 32, "epochs": 1,
-                             "subset": None, "workers": 0, "out": str(tmp_path / "run")})
+    cfg = resolve(
+        overrides={
+            **TINY,
+            "dataset": "folder",
+            "data": str(root),
+            "image_size": 32,
+            "epochs": 1,
+            "subset": None,
+            "workers": 0,
+            "out": str(tmp_path / "run"),
+        }
+    )
     summary = train(cfg, quiet=True)
     assert summary["finished"] and summary["steps"] == 1
     assert summary["bad_images"] in (0, 1)  # counted when the broken file lands in the full batch
@@ -165,14 +255,46 @@ def test_folder_dataset_trains(tmp_path):
 
 def test_a_run_inside_its_warm_up_is_warned_about_and_records_the_lr_it_reached(tmp_path, fashion_dir):
     out = tmp_path / "short"
-    result = run_cli("train", "--preset", "smoke", "--data", str(fashion_dir), "--subset", "64", "--batch-size", "32",
-                     "--epochs", "1", "--warmup-epochs", "10", "--knn-every", "0", "--out", str(out))
+    result = run_cli(
+        "train",
+        "--preset",
+        "smoke",
+        "--data",
+        str(fashion_dir),
+        "--subset",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "10",
+        "--knn-every",
+        "0",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "--warmup-epochs 10 is as long as the run (--epochs 1)" in result.stderr
     resolved = yaml.safe_load((out / "config.yaml").read_text())["resolved"]
     assert resolved["lr_reached"] == pytest.approx(resolved["peak_lr"] * 2 / 20)  # step 2 of a 20-step warm-up
-    normal = run_cli("train", "--preset", "smoke", "--data", str(fashion_dir), "--subset", "64", "--batch-size", "32",
-                     "--epochs", "2", "--knn-every", "0", "--out", str(tmp_path / "normal"))
+    normal = run_cli(
+        "train",
+        "--preset",
+        "smoke",
+        "--data",
+        str(fashion_dir),
+        "--subset",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        "--knn-every",
+        "0",
+        "--out",
+        str(tmp_path / "normal"),
+    )
     assert normal.returncode == 0 and "warmup" not in normal.stderr
 
 
@@ -184,10 +306,26 @@ def test_python_dash_m_and_version():
 @pytest.mark.parametrize("method", ["mocov2", "swav", "dino", "barlowtwins", "vicreg"])
 def test_every_method_trains_from_the_cli_with_its_own_recipe(tmp_path, fashion_dir, method):
     out = tmp_path / method
-    result = run_cli("train", "--preset", "smoke", "--method", method, "--data", str(fashion_dir), "--subset", "128",
-                     "--epochs", "1", "--knn-every", "0", "--no-tensorboard", "--out", str(out),
-                     *(["--queue-size", "128"] if method == "mocov2" else []),
-                     *(["--local-crops", "2", "--prototypes", "256"] if method in ("swav", "dino") else []))
+    result = run_cli(
+        "train",
+        "--preset",
+        "smoke",
+        "--method",
+        method,
+        "--data",
+        str(fashion_dir),
+        "--subset",
+        "128",
+        "--epochs",
+        "1",
+        "--knn-every",
+        "0",
+        "--no-tensorboard",
+        "--out",
+        str(out),
+        *(["--queue-size", "128"] if method == "mocov2" else []),
+        *(["--local-crops", "2", "--prototypes", "256"] if method in ("swav", "dino") else []),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     saved = (out / "config.yaml").read_text()
     assert f"method: {method}" in saved and (out / "backbone.safetensors").exists()
@@ -196,9 +334,14 @@ def test_every_method_trains_from_the_cli_with_its_own_recipe(tmp_path, fashion_
     assert ("tau" in records[-1]) == (method in ("mocov2", "dino"))  # τ is logged for methods with a target
 
 
-@pytest.mark.parametrize("method, extra", [("mocov2", {"queue_size": 64}), ("dino", {"local_crops": 2, "prototypes": 64}),
-                                           ("swav", {"local_crops": 2, "prototypes": 64, "queue_size": 64,
-                                                     "queue_start_epoch": 0.0})])
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("mocov2", {"queue_size": 64}),
+        ("dino", {"local_crops": 2, "prototypes": 64}),
+        ("swav", {"local_crops": 2, "prototypes": 64, "queue_size": 64, "queue_start_epoch": 0.0}),
+    ],
+)
 def test_methods_with_state_resume_to_the_uninterrupted_run(tmp_path, fashion_dir, method, extra):
     """MoCo's queue, DINO's centre and SwAV's queue are in the checkpoint (SwAV's is full and in use by the
     stop at step 3: 64 = 2 batches of 32)."""
@@ -207,8 +350,9 @@ def test_methods_with_state_resume_to_the_uninterrupted_run(tmp_path, fashion_di
     train(straight, quiet=True)
     train(resolve(overrides={**base, "out": str(tmp_path / "resumed"), "stop_after_steps": 3}), quiet=True)
     torch.manual_seed(99)
-    assert train(resolve(config_file=str(tmp_path / "resumed" / "config.yaml"), overrides={"resume": True}),
-                 quiet=True)["finished"]
+    assert train(
+        resolve(config_file=str(tmp_path / "resumed" / "config.yaml"), overrides={"resume": True}), quiet=True
+    )["finished"]
     a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "resumed"))
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

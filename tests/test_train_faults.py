@@ -19,10 +19,37 @@ from tests.test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4 epochs of 4 steps, a checkpoint every 3 steps and at each epoch end.
-ARGS = ["--subset", "128", "--width", "0.125", "--projection-dim", "16", "--projector-hidden-dim", "32",
-        "--predictor-hidden-dim", "32", "--batch-size", "32", "--epochs", "4", "--log-every", "1",
-        "--checkpoint-every", "3", "--warmup-epochs", "0.5", "--lr", "0.4", "--base-tau", "0.97", "--device", "cpu",
-        "--precision", "fp32", "--no-tensorboard"]
+ARGS = [
+    "--subset",
+    "128",
+    "--width",
+    "0.125",
+    "--projection-dim",
+    "16",
+    "--projector-hidden-dim",
+    "32",
+    "--predictor-hidden-dim",
+    "32",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "4",
+    "--log-every",
+    "1",
+    "--checkpoint-every",
+    "3",
+    "--warmup-epochs",
+    "0.5",
+    "--lr",
+    "0.4",
+    "--base-tau",
+    "0.97",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--no-tensorboard",
+]
 
 # Test-only fault injection, loaded by the interpreter at start-up through PYTHONPATH: at the start of
 # step BYOL_TEST_SIGNAL_STEP the process sends itself BYOL_TEST_SIGNAL.
@@ -45,10 +72,20 @@ if os.environ.get("BYOL_TEST_SIGNAL"):
 
 
 def byol_train(hook_dir: Path, data: Path, out: Path, *extra: str, signal_name: str = "", at_step: int = 0):
-    env = {**os.environ, "PYTHONPATH": f"{hook_dir}{os.pathsep}{ROOT}", "BYOL_TEST_SIGNAL": signal_name,
-           "BYOL_TEST_SIGNAL_STEP": str(at_step)}
-    return subprocess.run([sys.executable, "-m", "byol", "train", *ARGS, "--data", str(data), "--out", str(out),
-                           *extra], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{hook_dir}{os.pathsep}{ROOT}",
+        "BYOL_TEST_SIGNAL": signal_name,
+        "BYOL_TEST_SIGNAL_STEP": str(at_step),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "byol", "train", *ARGS, "--data", str(data), "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +159,16 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         return loss, outputs
 
     monkeypatch.setattr(trainer_module, "training_step", diverging_step)
-    cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "run"), "log_every": 4,
-                             "checkpoint_every": 1, "knn_every": 0})
+    cfg = resolve(
+        overrides={
+            **TINY,
+            "data": str(fashion_dir),
+            "out": str(tmp_path / "run"),
+            "log_every": 4,
+            "checkpoint_every": 1,
+            "knn_every": 0,
+        }
+    )
     with pytest.raises(UserError) as error:
         train_module.train(cfg, quiet=True)
     message = str(error.value)
@@ -133,7 +178,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 
 def test_full_disk_while_logging_stops_with_one_line_and_a_torn_line_does_not_block_the_resume(
-        tmp_path, fashion_dir, monkeypatch):
+    tmp_path, fashion_dir, monkeypatch
+):
     import builtins
     import errno
     import json
@@ -149,7 +195,7 @@ def test_full_disk_while_logging_stops_with_one_line_and_a_torn_line_does_not_bl
         def write(self, text):
             self.lines += 1
             if self.lines == 6:
-                self.file.write(text[:len(text) // 2])
+                self.file.write(text[: len(text) // 2])
                 self.file.flush()
                 raise OSError(errno.ENOSPC, "No space left on device")
             return self.file.write(text)
@@ -162,8 +208,7 @@ def test_full_disk_while_logging_stops_with_one_line_and_a_torn_line_does_not_bl
         return FillsUp(handle) if str(path).endswith("metrics.jsonl") else handle
 
     out = tmp_path / "run"
-    cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(out), "checkpoint_every": 2,
-                             "knn_every": 0})
+    cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(out), "checkpoint_every": 2, "knn_every": 0})
     monkeypatch.setattr(run_dir_module, "open", fake_open, raising=False)
     with pytest.raises(UserError) as error:
         train_module.train(cfg, quiet=True)

@@ -14,15 +14,35 @@ from byol.distributed import Context
 from byol.errors import UserError
 from byol.trainer import Schedule, Trainer
 
-TINY = dict(width=0.125, projection_dim=16, projector_hidden_dim=32, predictor_hidden_dim=32, batch_size=8,
-            epochs=2, warmup_epochs=0.5, lr=0.4, base_tau=0.97, device="cpu", precision="fp32", knn_every=0)
+TINY = dict(
+    width=0.125,
+    projection_dim=16,
+    projector_hidden_dim=32,
+    predictor_hidden_dim=32,
+    batch_size=8,
+    epochs=2,
+    warmup_epochs=0.5,
+    lr=0.4,
+    base_tau=0.97,
+    device="cpu",
+    precision="fp32",
+    knn_every=0,
+)
 
 
 def dataset() -> ImageDataset:
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=generator)
-    return ImageDataset("toy", 1, 16, (0.5,), (0.25,), images=images,
-                        labels=torch.randint(0, 4, (32,), generator=generator), classes=list("abcd"))
+    return ImageDataset(
+        "toy",
+        1,
+        16,
+        (0.5,),
+        (0.25,),
+        images=images,
+        labels=torch.randint(0, 4, (32,), generator=generator),
+        classes=list("abcd"),
+    )
 
 
 def trainer(seed: int = 0, **overrides) -> Trainer:

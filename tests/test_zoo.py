@@ -22,12 +22,20 @@ timm = pytest.importorskip("timm")
 SMALL_HEADS = {"projection_dim": 16, "projector_hidden_dim": 32}
 
 
-@pytest.mark.parametrize("name, channels, size, dim", [
-    ("torchvision:mobilenet_v3_small", 1, 32, 1024),  # classifier = Linear, Hardswish, Dropout, Linear: the last goes
-    ("torchvision:resnet18", 3, 32, 512),
-    ("timm:resnet18", 1, 32, 512),
-    ("timm:vit_tiny_patch16_224", 3, 32, 192),  # patch 16 → 4 so that 32 px still gives 8×8 patches
-])
+@pytest.mark.parametrize(
+    "name, channels, size, dim",
+    [
+        (
+            "torchvision:mobilenet_v3_small",
+            1,
+            32,
+            1024,
+        ),  # classifier = Linear, Hardswish, Dropout, Linear: the last goes
+        ("torchvision:resnet18", 3, 32, 512),
+        ("timm:resnet18", 1, 32, 512),
+        ("timm:vit_tiny_patch16_224", 3, 32, 192),  # patch 16 → 4 so that 32 px still gives 8×8 patches
+    ],
+)
 def test_library_models_by_name_lose_their_head_and_take_the_channels_and_size(name, channels, size, dim):
     encoder = build_backbone(name, image_size=size, in_channels=channels)
     assert encoder.feature_dim == dim
@@ -49,11 +57,17 @@ def test_a_torchvision_vit_is_built_for_the_image_size():
     assert vit(torch.randn(1, 3, 64, 64)).shape == (1, 768)
 
 
-@pytest.mark.parametrize("name, words", [
-    ("torchvision:resnet180", "torchvision has no classification model 'resnet180'; did you mean resnet18, "),
-    ("timm:not_a_model_at_all_xyz", "timm has no model 'not_a_model_at_all_xyz' (see timm.list_models())"),
-    ("vgg11", "unknown backbone 'vgg11'; choose one of resnet18, resnet34, resnet50, torchvision:NAME or timm:NAME"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("torchvision:resnet180", "torchvision has no classification model 'resnet180'; did you mean resnet18, "),
+        ("timm:not_a_model_at_all_xyz", "timm has no model 'not_a_model_at_all_xyz' (see timm.list_models())"),
+        (
+            "vgg11",
+            "unknown backbone 'vgg11'; choose one of resnet18, resnet34, resnet50, torchvision:NAME or timm:NAME",
+        ),
+    ],
+)
 def test_an_unknown_name_is_one_line(name, words):
     assert backbone_problem(name).startswith(words)
     with pytest.raises(ValueError) as error:
@@ -107,8 +121,14 @@ class NormFree(nn.Module):
 
     def __init__(self, channels: int = 1, width: int = 8):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, width, 3, 2, 1), nn.ReLU(), nn.Conv2d(width, width, 3, 2, 1),
-                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, 2, 1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -123,9 +143,12 @@ def _layer_norm_vit():
 def test_every_method_trains_a_layernorm_or_norm_free_backbone(method, make):
     torch.manual_seed(0)
     backbone = make()
-    options = {**SMALL_HEADS, **({"prototypes": 8} if method in ("swav", "dino") else {}),
-               **({"queue_size": 8} if method == "mocov2" else {}),
-               **({"predictor_hidden_dim": 32} if method in ("byol", "simsiam") else {})}
+    options = {
+        **SMALL_HEADS,
+        **({"prototypes": 8} if method in ("swav", "dino") else {}),
+        **({"queue_size": 8} if method == "mocov2" else {}),
+        **({"predictor_hidden_dim": 32} if method in ("byol", "simsiam") else {}),
+    }
     learner = build_method(method, backbone, None, **options)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
     optimizer = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], lr=0.05)
@@ -171,30 +194,76 @@ def test_zoo_lists_torchvisions_models():
 
 def _byol(*args, cwd=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "byol", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "byol", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
 
 
-SHORT = ["--subset", "64", "--batch-size", "32", "--epochs", "1", "--knn-bank", "64", "--knn-test", "32",
-         "--device", "cpu", "--precision", "fp32", "--no-tensorboard"]
+SHORT = [
+    "--subset",
+    "64",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "1",
+    "--knn-bank",
+    "64",
+    "--knn-test",
+    "32",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--no-tensorboard",
+]
 
 
-@pytest.mark.parametrize("backbone, export_format", [("timm:vit_tiny_patch16_224", "timm"),
-                                                     ("torchvision:mobilenet_v3_small", "torchvision")])
+@pytest.mark.parametrize(
+    "backbone, export_format",
+    [("timm:vit_tiny_patch16_224", "timm"), ("torchvision:mobilenet_v3_small", "torchvision")],
+)
 def test_a_library_backbone_trains_evaluates_and_exports_from_the_cli(tmp_path, fashion_dir, backbone, export_format):
     out = tmp_path / "run"
-    result = _byol("train", "--preset", "smoke", "--backbone", backbone, "--image-size", "32", "--data",
-                   str(fashion_dir), "--out", str(out), *SHORT)
+    result = _byol(
+        "train",
+        "--preset",
+        "smoke",
+        "--backbone",
+        backbone,
+        "--image-size",
+        "32",
+        "--data",
+        str(fashion_dir),
+        "--out",
+        str(out),
+        *SHORT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     encoder = byol.load_encoder(out / "backbone.safetensors")
     assert encoder.encoder_info.backbone == backbone and encoder.encoder_info.in_channels == 1
     assert encoder(torch.zeros(2, 1, 32, 32)).shape == (2, encoder.encoder_info.feature_dim)
-    evaluated = _byol("eval", "--checkpoint", str(out / "checkpoint.pt"), "--data", str(fashion_dir), "--protocol",
-                      "knn", "--no-baselines", "--json")
+    evaluated = _byol(
+        "eval",
+        "--checkpoint",
+        str(out / "checkpoint.pt"),
+        "--data",
+        str(fashion_dir),
+        "--protocol",
+        "knn",
+        "--no-baselines",
+        "--json",
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert 0 <= json.loads(evaluated.stdout)["knn_top1"] <= 100
-    exported = _byol("export", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "e.safetensors"),
-                     "--format", export_format)
+    exported = _byol(
+        "export",
+        "--checkpoint",
+        str(out / "checkpoint.pt"),
+        "--out",
+        str(tmp_path / "e.safetensors"),
+        "--format",
+        export_format,
+    )
     if export_format == "torchvision":  # Fashion-MNIST is grey: torchvision's classes take RGB only
         assert exported.returncode == 2 and "3-channel" in exported.stderr
     else:
@@ -207,15 +276,26 @@ def test_resnet_only_options_are_refused_for_a_library_model_in_one_line(tmp_pat
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "--backbone timm:resnet18: --norm group-ws applies to the resnet18/34/50 backbones" in result.stderr
     unknown = _byol("train", "--backbone", "timm:vit_tiny_patch16", "--out", str(tmp_path / "y"))
-    assert unknown.returncode == 2 and "did you mean" in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
+    assert (
+        unknown.returncode == 2 and "did you mean" in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_the_issues_vit_command_runs_on_the_cpu(tmp_path):
     """`byol train --backbone timm:vit_tiny_patch16_224 --image-size 32 --preset smoke` (about a minute)."""
-    result = _byol("train", "--backbone", "timm:vit_tiny_patch16_224", "--image-size", "32", "--preset", "smoke",
-                   "--out", str(tmp_path / "vit"))
+    result = _byol(
+        "train",
+        "--backbone",
+        "timm:vit_tiny_patch16_224",
+        "--image-size",
+        "32",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path / "vit"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "vit" / "metrics.jsonl").read_text().splitlines()]
     assert [r for r in records if "loss" in r][-1]["step"] == 16
@@ -235,8 +315,27 @@ def test_timm_vits_take_multi_crops_smaller_local_views_and_torchvisions_are_ref
 
 
 def test_dino_with_local_crops_trains_a_timm_vit_from_the_cli(tmp_path, fashion_dir):
-    result = _byol("train", "--preset", "smoke", "--method", "dino", "--backbone", "timm:vit_tiny_patch16_224",
-                   "--image-size", "32", "--local-crops", "2", "--prototypes", "64", "--knn-every", "0", "--data",
-                   str(fashion_dir), "--out", str(tmp_path / "dino"), *SHORT)
+    result = _byol(
+        "train",
+        "--preset",
+        "smoke",
+        "--method",
+        "dino",
+        "--backbone",
+        "timm:vit_tiny_patch16_224",
+        "--image-size",
+        "32",
+        "--local-crops",
+        "2",
+        "--prototypes",
+        "64",
+        "--knn-every",
+        "0",
+        "--data",
+        str(fashion_dir),
+        "--out",
+        str(tmp_path / "dino"),
+        *SHORT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "dino" / "backbone.safetensors").exists()

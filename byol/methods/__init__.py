@@ -23,18 +23,47 @@ from .simsiam import SimSiam
 from .swav import SwAV
 
 # name → learner class
-METHODS = {"byol": BYOL, "simclr": SimCLR, "simsiam": SimSiam, "mocov2": MoCo, "swav": SwAV, "dino": DINO,
-           "barlowtwins": BarlowTwins, "vicreg": VICReg}
+METHODS = {
+    "byol": BYOL,
+    "simclr": SimCLR,
+    "simsiam": SimSiam,
+    "mocov2": MoCo,
+    "swav": SwAV,
+    "dino": DINO,
+    "barlowtwins": BarlowTwins,
+    "vicreg": VICReg,
+}
 
 # Training options of each official recipe (ImageNet scale) that differ from BYOL's; docs/methods.md has the
 # sources and the CPU-scale values `byol ablate --suite methods` uses.
 RECIPES = {
-    "mocov2": dict(base_tau=0.999, final_tau=0.999, optimizer="sgd", lr=0.03, weight_decay=1e-4, warmup_epochs=0,
-                   crop_min_scale=0.2),
-    "swav": dict(lr=0.6, lr_floor=0.001, warmup_epochs=0, weight_decay=1e-6, crop_min_scale=0.14, local_crops=6,
-                 local_crop_scale=(0.05, 0.14)),
-    "dino": dict(base_tau=0.996, optimizer="sgd", lr=0.03, weight_decay=1e-4, crop_min_scale=0.14, local_crops=8,
-                 local_crop_scale=(0.05, 0.14)),
+    "mocov2": dict(
+        base_tau=0.999,
+        final_tau=0.999,
+        optimizer="sgd",
+        lr=0.03,
+        weight_decay=1e-4,
+        warmup_epochs=0,
+        crop_min_scale=0.2,
+    ),
+    "swav": dict(
+        lr=0.6,
+        lr_floor=0.001,
+        warmup_epochs=0,
+        weight_decay=1e-6,
+        crop_min_scale=0.14,
+        local_crops=6,
+        local_crop_scale=(0.05, 0.14),
+    ),
+    "dino": dict(
+        base_tau=0.996,
+        optimizer="sgd",
+        lr=0.03,
+        weight_decay=1e-4,
+        crop_min_scale=0.14,
+        local_crops=8,
+        local_crop_scale=(0.05, 0.14),
+    ),
     "barlowtwins": dict(lr=0.2, bias_lr_multiplier=0.024, lr_floor=0.001, weight_decay=1e-6),
     "vicreg": dict(lr=0.2, lr_floor=0.001, weight_decay=1e-6),
 }
@@ -70,5 +99,18 @@ def build_method(method: str, backbone: nn.Module, feature_dim: int, /, **option
     return learner
 
 
-__all__ = ["BYOL", "DINO", "LEARNER_OPTIONS", "METHODS", "RECIPES", "BarlowTwins", "MoCo", "SimCLR", "SimSiam",
-           "SwAV", "VICReg", "build_method", "method_defaults"]
+__all__ = [
+    "BYOL",
+    "DINO",
+    "LEARNER_OPTIONS",
+    "METHODS",
+    "RECIPES",
+    "BarlowTwins",
+    "MoCo",
+    "SimCLR",
+    "SimSiam",
+    "SwAV",
+    "VICReg",
+    "build_method",
+    "method_defaults",
+]

@@ -25,11 +25,21 @@ class DINO(Learner):
     accepts_local_views = True
     has_target = True
 
-    def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 256,
-                 projector_hidden_dim: int = 2048, prototypes: int = 65536, temperature: float = 0.1,
-                 teacher_temperature: float = 0.04, teacher_temperature_start: float = 0.04,
-                 teacher_temperature_epochs: float = 0, center_momentum: float = 0.9, clip_grad: float = 3.0,
-                 freeze_head_epochs: float = 1.0):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int | None = None,
+        projection_dim: int = 256,
+        projector_hidden_dim: int = 2048,
+        prototypes: int = 65536,
+        temperature: float = 0.1,
+        teacher_temperature: float = 0.04,
+        teacher_temperature_start: float = 0.04,
+        teacher_temperature_epochs: float = 0,
+        center_momentum: float = 0.9,
+        clip_grad: float = 3.0,
+        freeze_head_epochs: float = 1.0,
+    ):
         super().__init__()
         feature_dim = self.attach_encoder(backbone, feature_dim)
         self.projection_dim, self.temperature = projection_dim, temperature
@@ -59,15 +69,21 @@ class DINO(Learner):
     def graph_key(self):
         return self.teacher_temperature()  # a Python number in the loss: a new value needs a new CUDA graph
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,
-                return_outputs: bool = False):
+    def forward(
+        self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor, return_outputs: bool = False
+    ):
         views = [view1, view2, *local_views]
         representations = encode_by_size(self.online_encoder, views)
         logits = self.online_projector(torch.cat(representations))
         with torch.no_grad():
             teacher = self.target_projector(self.target_encoder(torch.cat([view1, view2])))
-        loss = dino_loss(list(logits.chunk(len(views))), list(teacher.chunk(2)), self.center, self.temperature,
-                         self.teacher_temperature())
+        loss = dino_loss(
+            list(logits.chunk(len(views))),
+            list(teacher.chunk(2)),
+            self.center,
+            self.temperature,
+            self.teacher_temperature(),
+        )
         if self.updating_state():
             self._update_center(teacher)
         if return_outputs:

@@ -24,8 +24,15 @@ from ..loss import moco_loss
 class MoCo(Learner):
     has_target = True
 
-    def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 128,
-                 projector_hidden_dim: int = 2048, queue_size: int = 65536, temperature: float = 0.2):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int | None = None,
+        projection_dim: int = 128,
+        projector_hidden_dim: int = 2048,
+        queue_size: int = 65536,
+        temperature: float = 0.2,
+    ):
         super().__init__()
         feature_dim = self.attach_encoder(backbone, feature_dim)
         self.projection_dim, self.temperature = projection_dim, temperature
@@ -44,8 +51,9 @@ class MoCo(Learner):
     def target_parameters(self) -> list[nn.Parameter]:
         return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,
-                return_outputs: bool = False):
+    def forward(
+        self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor, return_outputs: bool = False
+    ):
         self.check_views(local_views)
         y1 = self.online_encoder(view1)
         q = self.online_projector(y1)

@@ -29,14 +29,26 @@ class SwAV(Learner):
     @property
     def graph_problem(self) -> str | None:
         if self.queue_size:
-            return ("the queue (--queue-size) is created and counted in Python during the forward, which a "
-                    "replayed CUDA graph would not do: use --queue-size 0, or leave out --cuda-graphs")
+            return (
+                "the queue (--queue-size) is created and counted in Python during the forward, which a "
+                "replayed CUDA graph would not do: use --queue-size 0, or leave out --cuda-graphs"
+            )
         return None
 
-    def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_dim: int = 128,
-                 projector_hidden_dim: int = 2048, prototypes: int = 3000, temperature: float = 0.1,
-                 sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, queue_size: int = 0,
-                 queue_start_epoch: float = 15.0, freeze_head_epochs: float = 1.0):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int | None = None,
+        projection_dim: int = 128,
+        projector_hidden_dim: int = 2048,
+        prototypes: int = 3000,
+        temperature: float = 0.1,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_iterations: int = 3,
+        queue_size: int = 0,
+        queue_start_epoch: float = 15.0,
+        freeze_head_epochs: float = 1.0,
+    ):
         super().__init__()
         feature_dim = self.attach_encoder(backbone, feature_dim)
         self.projection_dim, self.temperature = projection_dim, temperature
@@ -49,8 +61,9 @@ class SwAV(Learner):
         self.queue: torch.Tensor | None = None
         self.queued = 0  # embeddings written since the queue was made; a Python count, so no device sync
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor,
-                return_outputs: bool = False):
+    def forward(
+        self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor, return_outputs: bool = False
+    ):
         views = [view1, view2, *local_views]
         if self.training:
             with torch.no_grad():
@@ -79,12 +92,12 @@ class SwAV(Learner):
             if self.queued >= self.queue.shape[1]:
                 scores = torch.cat([self.queue[crop] @ self.prototypes.weight.T, scores])
             if updating:  # shift, then write this batch at the head: it never meets itself
-                self.queue[crop, len(embeddings):] = self.queue[crop, :-len(embeddings)].clone()
-                self.queue[crop, :len(embeddings)] = embeddings.detach().to(self.queue.dtype)
+                self.queue[crop, len(embeddings) :] = self.queue[crop, : -len(embeddings)].clone()
+                self.queue[crop, : len(embeddings)] = embeddings.detach().to(self.queue.dtype)
                 if crop == self.ASSIGNED - 1:
                     self.queued += len(embeddings)
         _, world_size = rank_and_world()
-        return sinkhorn(scores, self.epsilon, self.iterations, all_reduce_sum, world_size)[-len(embeddings):]
+        return sinkhorn(scores, self.epsilon, self.iterations, all_reduce_sum, world_size)[-len(embeddings) :]
 
     def _start_queue(self, local_batch: int, like: torch.Tensor) -> None:
         """The queue appears at `queue_start_epoch`: `queue_size` embeddings over all ranks, a multiple of
