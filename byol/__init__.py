@@ -13,6 +13,7 @@ Names are imported on first use (PEP 562), so `import byol` and `byol --version`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -63,55 +64,14 @@ _HOMES = {
     "GraphedStep": "graphs",
 }
 
-__all__ = [
-    "BYOL",
-    "DINO",
-    "LARS",
-    "LOCAL_VIEW",
-    "VIEW1",
-    "VIEW2",
-    "BYOLAugment",
-    "BarlowTwins",
-    "GraphedStep",
-    "Learner",
-    "MLPHead",
-    "MoCo",
-    "MultiCropAugment",
-    "SimCLR",
-    "SimSiam",
-    "SwAV",
-    "VICReg",
-    "ViewAugment",
-    "ViewConfig",
-    "ViewOutputs",
-    "barlow_twins_loss",
-    "build_backbone",
-    "build_method",
-    "byol_loss",
-    "dino_loss",
-    "effective_rank",
-    "embedding_std",
-    "export_encoder",
-    "is_collapsed",
-    "lars_param_groups",
-    "learning_rate",
-    "load_encoder",
-    "moco_loss",
-    "negatives_term",
-    "nt_xent_loss",
-    "scaled_lr",
-    "sinkhorn",
-    "swav_loss",
-    "target_tau",
-    "training_step",
-    "vicreg_loss",
-    "without",
-]
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str):
     if name not in _HOMES:
-        raise AttributeError(f"module 'byol' has no attribute {name!r}")
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'byol' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)  # a submodule: `byol.distributed` works unimported
     value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value

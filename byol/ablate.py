@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ from .report import evaluate_encoder, pyplot
 from .run_dir import RunDir
 from .train import train
 
-# Which training preset each `--preset` of the suite starts from.
-SUITE_PRESETS = {"smoke": "smoke", "cpu": "ablate-cpu", "gpu": "ablate-gpu"}
+# The training presets (`byol train --preset`'s names) a suite can start from: those sized for a grid of
+# runs. The suite's own names from before the presets were one namespace still work, with a note.
+SUITE_PRESETS = ("smoke", "ablate-cpu", "ablate-gpu")
+DEPRECATED_PRESETS = {"cpu": "ablate-cpu", "gpu": "ablate-gpu"}
 RESULT = RunDir.ABLATION
 
 
@@ -163,12 +166,26 @@ SUITES = {
 }
 
 
+def suite_preset(name: str) -> str:
+    """The training preset's name for `name`: an old suite name (`DEPRECATED_PRESETS`) is translated with a
+    one-line note on stderr; any other name is returned as it is."""
+    if name in DEPRECATED_PRESETS:
+        new = DEPRECATED_PRESETS[name]
+        print(
+            f"byol: warning: `byol ablate --preset {name}` is deprecated; it is --preset {new}, the same preset",
+            file=sys.stderr,
+        )
+        return new
+    return name
+
+
 def run_suite(suite: str, preset: str, out: str, config_file: str | None = None, quiet: bool = False) -> Path:
     if suite not in SUITES:
         raise UserError(f"--suite: unknown suite '{suite}'; choose one of {', '.join(SUITES)}")
+    preset = suite_preset(preset)
     if preset not in SUITE_PRESETS:
         raise UserError(f"--preset: unknown preset '{preset}'; choose one of {', '.join(SUITE_PRESETS)}")
-    base = resolve(SUITE_PRESETS[preset], config_file)
+    base = resolve(preset, config_file)
     # Monitors that do not change the table are off: they cost time and each run is evaluated after.
     base = dataclasses.replace(base, knn_every=0, online_probe=False, tensorboard=False)
     out_dir = Path(out)

@@ -70,10 +70,6 @@ def build_backbone(
     )
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def feature_size(backbone: nn.Module, input_shape: tuple[int, int, int] | None = None) -> int:
     """The size D of the (B, D) features `backbone` returns: what it declares (`feature_dim`, or timm's
     `num_features` when `num_classes=0`), else a dry run on `input_shape`, on the size the backbone declares

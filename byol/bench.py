@@ -27,6 +27,8 @@ from .step import training_step
 from .trainer import build_learner, optimizer_for
 
 PEERS = tuple(peers.STEPS)
+# Untimed steps at least, with CUDA graphs: the graph's eager warm-up, its capture and one replay.
+GRAPH_WARMUP = GraphedStep.WARMUP_STEPS + 2
 
 
 def _sync(device: torch.device) -> None:
@@ -183,7 +185,7 @@ def bench(
     if cuda_graphs and dev.type != "cuda":
         raise UserError(f"--cuda-graphs: CUDA graphs need a CUDA device; this bench runs on {dev.type}")
     if cuda_graphs:
-        warmup = max(warmup, GraphedStep.WARMUP_STEPS + 2)  # eager warm-up, the capture, one replay: all untimed
+        warmup = max(warmup, GRAPH_WARMUP)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     images = random_images(batch_size, channels, image_size, dev)

@@ -169,7 +169,7 @@ class TrainConfig:
     method: str = option(
         "byol",
         "byol, or a method of the comparison on the same backbone, data and evaluation "
-        "(each with its own recipe's defaults: docs/methods.md)",
+        "(each starts from its own recipe's values, named in the options they change: docs/methods.md)",
         choices=METHODS,
     )
     predictor: bool = option(True, "--no-predictor: the paper's ablation without the predictor (collapses)")
@@ -203,9 +203,7 @@ class TrainConfig:
         0.0, "dino: epochs of the teacher temperature's warm-up", check=non_negative, metavar="EPOCHS"
     )
     center_momentum: float = option(0.9, "dino: momentum of the teacher-output centre", check=unit_interval)
-    clip_grad: float = option(
-        0.0, "clip each parameter's gradient to this norm (0: off; dino's recipe: 3)", check=non_negative
-    )
+    clip_grad: float = option(0.0, "clip each parameter's gradient to this norm (0: off)", check=non_negative)
     lambda_offdiag: float = option(0.0051, "barlowtwins: weight λ of the off-diagonal term", check=non_negative)
     sim_weight: float = option(25.0, "vicreg: weight of the invariance term", check=non_negative)
     var_weight: float = option(25.0, "vicreg: weight of the variance term", check=non_negative)
@@ -249,12 +247,12 @@ class TrainConfig:
     clip_lr: bool = option(False, "LARS: no layer's effective LR above the global one (solo-learn's variant)")
     lr_floor: float = option(
         0.0,
-        "the cosine ends at this fraction of the peak LR (0.001 in several recipes)",
+        "the cosine ends at this fraction of the peak LR",
         check=unit_interval,
         metavar="F",
     )
     bias_lr_multiplier: float = option(
-        1.0, "LR multiplier of biases and norm parameters (barlowtwins: 0.024)", check=non_negative, metavar="X"
+        1.0, "LR multiplier of biases and norm parameters", check=non_negative, metavar="X"
     )
     base_tau: float = option(
         0.996,

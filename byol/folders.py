@@ -134,11 +134,6 @@ def decode_or_reason(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
         return None, (str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__)
 
 
-def try_decode(path: Path, size: int) -> torch.Tensor | None:
-    """`decode_image`, or None for a file that is not a readable image."""
-    return decode_or_reason(path, size)[0]
-
-
 # ---------------------------------------------------------------- the decoded cache
 
 

@@ -285,7 +285,7 @@ def finish(
         "finished": step >= total_steps,
         "bad_images": bad_images,
     }
-    resume = f"continue with: byol train --config {run.config} --resume"
+    resume = f"continue with: byol train --out {run.path} --resume"
     if stopped_by is not None and step < total_steps:
         summary["stopped_by_signal"] = stopped_by
         log.warning(f"{signal.Signals(stopped_by).name}: checkpoint written at step {step}/{total_steps}; {resume}")

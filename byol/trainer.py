@@ -22,7 +22,7 @@ from . import zoo
 from .augment import LOCAL_VIEW, VIEW1, VIEW2, BYOLAugment, EvalTransform, MultiCropAugment, local_size_for, without
 from .backbones import build_backbone, infer_feature_dim, resolve_stem
 from .checkpoint import EncoderInfo, TrainingState
-from .config import TrainConfig, changed_trajectory_keys
+from .config import TrainConfig, changed_trajectory_keys, flag
 from .data import ImageDataset
 from .device import Runtime
 from .distributed import Context, all_reduce_sum, convert_sync_batchnorm, gather, wrap
@@ -248,8 +248,15 @@ class Trainer:
                 f"'{self.info.stem}': resume with --stem {saved_stem}, or choose another --out"
             )
         changed = changed_trajectory_keys(state.config, self.cfg)
-        if changed:
-            log.warning(f"resuming with changed settings: {', '.join(changed)}")
+        if changed:  # a resume promises the uninterrupted run's result; a changed option would break it silently
+            shown = ", ".join(
+                f"{flag(k)} {state.config.get(k, getattr(TrainConfig(), k))!r} (now {getattr(self.cfg, k)!r})"
+                for k in changed
+            )
+            raise UserError(
+                f"{source}: trained with {shown}: resume with the run's own options "
+                "(byol train --out DIR --resume), or choose another --out"
+            )
         if state.world_size != self.context.world_size:
             log.warning(
                 f"resuming a {state.world_size}-process run with {self.context.world_size}: the global "

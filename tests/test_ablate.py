@@ -89,3 +89,27 @@ def test_methods_suite_trains_and_tables_every_method_with_its_references(tmp_pa
     assert all("error" not in r and r["images_per_s"] > 0 for r in results), [r.get("error") for r in results]
     text = table.read_text()
     assert "| method | mocov2 | mocov2 |" in text and "solo-learn CIFAR-10" in text and "| 92.94 |" in text
+
+
+def test_an_old_preset_name_runs_its_training_preset_with_a_one_line_note(monkeypatch, tmp_path, capsys):
+    import pytest
+
+    from byol import ablate
+    from byol.errors import UserError
+
+    started_from = []
+
+    def stop(preset, config_file):  # the suite's first step: record the preset, go no further
+        started_from.append(preset)
+        raise UserError("stop")
+
+    monkeypatch.setattr(ablate, "resolve", stop)
+    for old, new in (("cpu", "ablate-cpu"), ("gpu", "ablate-gpu"), ("ablate-gpu", "ablate-gpu"), ("smoke", "smoke")):
+        with pytest.raises(UserError, match="stop"):
+            run_suite("paper", old, str(tmp_path))
+        assert started_from.pop() == new
+        error = capsys.readouterr().err
+        assert error.count("\n") == (old != new) and (old == new or f"--preset {old}` is deprecated" in error)
+    with pytest.raises(UserError, match="--preset: unknown preset 'gpu-fast'; choose one of smoke, ablate-cpu"):
+        run_suite("paper", "gpu-fast", str(tmp_path))
+    assert not started_from

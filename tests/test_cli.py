@@ -143,7 +143,10 @@ def test_help_shows_each_options_default_and_choices(capsys):
     assert "{byol,simclr,simsiam,mocov2,swav,dino,barlowtwins,vicreg}" in text and "--tau-base" in text
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--help"])
-    assert "(default: 32)" in capsys.readouterr().out  # bench's own default for a shared option
+    text = " ".join(capsys.readouterr().out.split())
+    # bench's own default and help for shared options: one default each, nothing about training's LR
+    assert "--image-size PX side of the random square images in pixels (default: 32) --batch-size" in text
+    assert "--batch-size N images per timed step (default: 64) --device" in text
 
 
 def test_bench_options_are_checked_like_train_options(capsys):
@@ -153,20 +156,90 @@ def test_bench_options_are_checked_like_train_options(capsys):
     assert capsys.readouterr().err.strip() == "byol: error: --width: must be positive, got -1.0"
 
 
-def test_every_option_of_every_command_says_its_default_in_help():
+def _help_problems(parser) -> list[str]:
+    """Every option of every sub-command: help that argparse shows, and in it its default stated once, as
+    "(default: ...)", or "(required)"."""
     import argparse
+    import re
 
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # argparse keeps sub-commands here
-    missing = []
-    for name, command in commands.items():
+    problems = []
+    for name, command in parser._subparsers._group_actions[0].choices.items():  # argparse keeps them here
         formatter = command.formatter_class(name)
         for action in command._actions:
-            switch = isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction, argparse._VersionAction))
-            needs_default = action.option_strings and not switch and not action.required
-            if needs_default and "default" not in formatter._get_help_string(action):
-                missing.append(f"{name} {action.option_strings[0]}")
-    assert not missing, missing
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            option = f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                problems.append(f"{option}: no help")
+                continue
+            text = formatter._expand_help(action)
+            mentions = len(re.findall("default", text, re.IGNORECASE))
+            if action.required:
+                if "(required)" not in text or mentions:
+                    problems.append(f"{option}: a required option says '(required)' and no default: {text}")
+            elif text.count("(default: ") != 1 or mentions != 1:
+                problems.append(f"{option}: states its default {mentions} times, not once as (default: ...): {text}")
+    return problems
+
+
+def test_every_option_of_every_command_has_help_stating_its_default_once():
+    assert not _help_problems(build_parser())
+
+
+def test_the_help_check_catches_missing_help_and_defaults():
+    from byol import cli
+
+    parser = cli._Parser(prog="byol")
+    command = parser.add_subparsers().add_parser("demo", formatter_class=cli._Help)
+    command.add_argument("--no-help", type=int, default=3)  # argparse would show nothing for it
+    command.add_argument("--twice", default=32, help="side (default: the dataset's own) (default: 32)")  # bench's was
+    command.add_argument("--unsaid", help="what None means is not said")
+    command.add_argument("--switch", action="store_true", help="a switch")  # (default: off)
+    command.add_argument("--needed", required=True, help="a path")  # (required)
+    command.add_argument("--fine", type=int, default=3, help="a number")  # (default: 3)
+    problems = _help_problems(parser)
+    assert [p.split(":")[0] for p in problems] == ["demo --no-help", "demo --twice", "demo --unsaid"], problems
+
+
+def _choices(command: str, option: str) -> tuple:
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    return next(a for a in parser._actions if option in a.option_strings).choices
+
+
+def test_presets_are_one_namespace_that_train_and_ablate_list(capsys):
+    from importlib import resources
+
+    from byol.ablate import DEPRECATED_PRESETS, SUITE_PRESETS
+    from byol.cli import PRESET_ABOUT
+    from byol.config import PRESETS
+
+    files = {p.name.removesuffix(".yaml") for p in (resources.files("byol") / "presets").iterdir()}
+    assert set(_choices("train", "--preset")) == set(PRESETS) == files == set(PRESET_ABOUT)
+    assert set(_choices("ablate", "--preset")) == set(SUITE_PRESETS) and set(SUITE_PRESETS) <= set(PRESETS)
+    assert set(DEPRECATED_PRESETS.values()) <= set(SUITE_PRESETS) and not set(DEPRECATED_PRESETS) & set(SUITE_PRESETS)
+    for command, names in (("train", PRESETS), ("ablate", SUITE_PRESETS)):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert all(f"{name}: {PRESET_ABOUT[name]}" in text for name in names), (command, text)
+    assert build_parser().parse_args(["ablate"]).preset == "ablate-cpu"
+
+
+@pytest.mark.parametrize("old, new", [("cpu", "ablate-cpu"), ("gpu", "ablate-gpu")])
+def test_the_old_ablate_preset_names_still_work_with_a_one_line_note(old, new, capsys):
+    assert build_parser().parse_args(["ablate", "--preset", old]).preset == new
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "deprecated" in error and f"--preset {new}" in error
+    for name in ("smoke", "ablate-cpu", "ablate-gpu"):
+        assert build_parser().parse_args(["ablate", "--preset", name]).preset == name
+    assert capsys.readouterr().err == ""
+
+
+def test_ablate_refuses_a_preset_not_sized_for_a_suite_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit:
+        build_parser().parse_args(["ablate", "--preset", "cpu-quickstart"])
+    error = capsys.readouterr().err
+    assert exit.value.code == 2 and error.count("\n") == 1 and "choose from 'smoke', 'ablate-cpu'" in error
 
 
 def test_help_and_option_checks_do_not_import_torchvision():

@@ -257,3 +257,10 @@ def test_the_collapse_monitor_flags_a_collapsed_encoder_for_every_method(method)
     _, outputs = healthy(*crops(local=local), return_outputs=True)
     metrics = collapse_metrics(outputs.projections[0], outputs.representations[0])
     assert not is_collapsed(metrics, metrics["embedding_dim"])
+
+
+@pytest.mark.parametrize("method", list(SMALL))
+def test_build_method_finds_the_feature_size_as_byol_does(method):
+    encoder = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # declares nothing: a dry run
+    learner = build_method(method, encoder, **SMALL[method])
+    assert torch.isfinite(learner(*crops(local=2 if method in ("swav", "dino") else 0)))

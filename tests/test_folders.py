@@ -221,3 +221,36 @@ def test_training_with_the_cache_from_the_cli(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "cache").glob("*.images"))) == 1
     assert "decoded_workers" not in result.stderr and (tmp_path / "run" / "backbone.safetensors").exists()
+
+
+def test_eval_and_embed_of_a_folder_run_use_the_data_it_recorded_and_name_it_when_moved(tmp_path, capsys):
+    from byol.cli import main
+
+    make_split(tmp_path / "images" / "train", ["apple", "banana"], per_class=8)
+    make_split(tmp_path / "images" / "test", ["apple", "banana"], per_class=3)
+    tiny = [
+        "--width",
+        "0.125",
+        "--projection-dim",
+        "16",
+        "--projector-hidden-dim",
+        "32",
+        "--predictor-hidden-dim",
+        "32",
+    ]
+    run = str(tmp_path / "run")
+    trained = main(
+        ["train", "--dataset", "folder", "--data", str(tmp_path / "images"), "--image-size", "16", *tiny]
+        + ["--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0", "--device", "cpu"]
+        + ["--precision", "fp32"]
+        + ["--no-tensorboard", "--knn-every", "0", "--out", run, "--quiet"]
+    )
+    assert trained == 0
+    assert main(["eval", "--checkpoint", run, "--protocol", "knn", "--no-baselines", "--workers", "0", "--json"]) == 0
+    assert main(["embed", "--checkpoint", run, "--out", str(tmp_path / "f.npy"), "--workers", "0"]) == 0
+    assert np.load(tmp_path / "f.npy").shape[0] == 22  # every image under the recorded folder
+    capsys.readouterr()
+    (tmp_path / "images").rename(tmp_path / "moved")
+    assert main(["eval", "--checkpoint", run, "--protocol", "knn", "--no-baselines", "--workers", "0"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and str(tmp_path / "images") in error and "--data" in error

@@ -359,3 +359,29 @@ def test_methods_with_state_resume_to_the_uninterrupted_run(tmp_path, fashion_di
     assert ("queue" in a["model"]) == (method != "dino") and ("center" in a["model"]) == (method == "dino")
     if method == "swav":
         assert a["model"]["queue_filled"].tolist() == [256] and len(a["model"]["queue"]) == 1  # 8 steps of 32
+
+
+def cli_options(values: dict) -> list[str]:
+    return [word for name, value in values.items() for word in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def test_out_and_resume_alone_continue_the_run_as_it_was_configured(tmp_path, fashion_dir):
+    base = {**TINY, "data": str(fashion_dir)}
+    train(resolve(overrides={**base, "out": str(tmp_path / "straight")}), quiet=True)
+    out = tmp_path / "resumed"
+    stopped = run_cli("train", *cli_options({**base, "out": out, "stop_after_steps": 3}), "--quiet")
+    assert stopped.returncode == 0, stopped.stderr
+    # nothing but the folder: the defaults (another width, batch, LR, ...) must not replace the run's own
+    assert run_cli("train", "--out", str(out), "--resume", "--quiet").returncode == 0
+    a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "resumed"))
+    assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_resume_that_changes_what_the_run_learns_is_refused_in_one_line(tmp_path, fashion_dir):
+    out = tmp_path / "run"
+    train(resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(out), "stop_after_steps": 3}), quiet=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    refused = run_cli("train", "--out", str(out), "--resume", "--lr", "0.1", "--quiet")
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "--lr 0.4 (now 0.1)" in refused.stderr and "Traceback" not in refused.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

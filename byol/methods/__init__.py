@@ -84,8 +84,9 @@ def method_defaults(method: str) -> dict:
     return {**model_defaults(method), **RECIPES.get(method, {})}
 
 
-def build_method(method: str, backbone: nn.Module, feature_dim: int, /, **options) -> nn.Module:
-    """A learner by name from `METHODS`, around `backbone` (which maps images to `feature_dim` features).
+def build_method(method: str, backbone: nn.Module, feature_dim: int | None = None, /, **options) -> nn.Module:
+    """A learner by name from `METHODS`, around `backbone` (which maps images to `feature_dim` features;
+    None finds it as `BYOL` does: what the backbone declares, else a dry run).
     `options` may be any of TrainConfig's options; the method takes those its constructor names and keeps
     its own defaults for the rest."""
     if method not in METHODS:
