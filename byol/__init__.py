@@ -54,7 +54,7 @@ _HOMES = {
     "VICReg": "methods",
     "build_method": "methods",
     "BYOL": "model",
-    "MLPHead": "model",
+    "MLPHead": "heads",
     "LARS": "optim",
     "lars_param_groups": "optim",
     "learning_rate": "schedules",
@@ -87,6 +87,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names abo
     from .collapse import effective_rank, embedding_std, is_collapsed
     from .export import export_encoder, load_encoder
     from .graphs import GraphedStep
+    from .heads import MLPHead
     from .learner import Learner, ViewOutputs
     from .loss import (
         barlow_twins_loss,
@@ -100,7 +101,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names abo
         vicreg_loss,
     )
     from .methods import DINO, BarlowTwins, MoCo, SimCLR, SimSiam, SwAV, VICReg, build_method
-    from .model import BYOL, MLPHead
+    from .model import BYOL
     from .optim import LARS, lars_param_groups
     from .schedules import learning_rate, scaled_lr, target_tau
     from .step import training_step

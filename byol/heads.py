@@ -1,9 +1,10 @@
 """Heads the methods put on top of the encoder: MLPs of each method's shape, and DINO's head.
 
-BYOL's projector and predictor (`model.MLPHead`) are Linear → BN → ReLU → Linear. The others, as each
-method's official code builds them (docs/methods.md): MoCo v2 Linear → ReLU → Linear without batch
-norm; Barlow Twins and VICReg three layers with batch norm (the last without a bias); DINO three layers
-with GELU, a bottleneck, L2 normalisation and a weight-normalised last layer.
+Every MLP is built by `mlp`. BYOL's projector and predictor (`MLPHead`, also SimCLR's, SimSiam's and
+SwAV's) are Linear → BN → ReLU → Linear. The others, as each method's official code builds them
+(docs/methods.md): MoCo v2 Linear → ReLU → Linear without batch norm; Barlow Twins and VICReg three layers
+with batch norm (the last without a bias); DINO three layers with GELU, a bottleneck, L2 normalisation and
+a weight-normalised last layer.
 """
 
 from __future__ import annotations
@@ -12,20 +13,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import WSLinear, check_norm, group_norm
+
+
+def relu() -> nn.Module:
+    return nn.ReLU(inplace=True)  # in place: the hidden activation is not kept twice for backward
+
 
 def mlp(
-    dims: list[int], batch_norm: bool = True, activation=nn.ReLU, bias: bool = True, last_bias: bool = True
-) -> nn.Sequential:
-    """Linear [→ BN] → activation between each pair of `dims`; the last Linear alone."""
-    layers = []
+    dims: list[int], norm: str | None = "batch", activation=relu, bias: bool = True, last_bias: bool = True
+) -> list[nn.Module]:
+    """The layers of Linear → norm → activation between each pair of `dims`, the last Linear alone. `norm`:
+    "batch" (BatchNorm1d), "group-ws" (weight-standardised Linear + GroupNorm) or None."""
+    group_ws = norm is not None and check_norm(norm) == "group-ws"
+    layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         last = i == len(dims) - 2
-        layers.append(nn.Linear(d_in, d_out, bias=last_bias if last else bias))
+        linear = nn.Linear if last or not group_ws else WSLinear
+        layers.append(linear(d_in, d_out, bias=last_bias if last else bias))
         if not last:
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(d_out))
+            if norm is not None:
+                layers.append(group_norm(d_out) if group_ws else nn.BatchNorm1d(d_out))
             layers.append(activation())
-    return nn.Sequential(*layers)
+    return layers
+
+
+class MLPHead(nn.Sequential):
+    """Linear → BatchNorm1d → ReLU → Linear: BYOL's projector and predictor.
+
+    With `norm="group-ws"` the first layer is weight-standardised and the norm is a GroupNorm.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, norm: str = "batch"):
+        super().__init__(*mlp([in_dim, hidden_dim, out_dim], norm))
 
 
 class DINOHead(nn.Module):
@@ -34,7 +54,7 @@ class DINOHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, out_dim: int = 65536):
         super().__init__()
-        self.mlp = mlp([in_dim, hidden_dim, hidden_dim, bottleneck_dim], batch_norm=False, activation=nn.GELU)
+        self.mlp = nn.Sequential(*mlp([in_dim, hidden_dim, hidden_dim, bottleneck_dim], None, nn.GELU))
         for layer in self.mlp:
             if isinstance(layer, nn.Linear):
                 nn.init.trunc_normal_(layer.weight, std=0.02)

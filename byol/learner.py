@@ -15,6 +15,7 @@ forward with gradients enabled, so a monitor calling the learner under `no_grad`
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import torch
@@ -79,3 +80,33 @@ class Learner(nn.Module):
     def updating_state(self) -> bool:
         """Whether this forward may change state kept across steps (queues, centres)."""
         return self.training and torch.is_grad_enabled()
+
+
+class MomentumLearner(Learner):
+    """A learner with a target network: BYOL's target, MoCo's key encoder, DINO's teacher.
+
+    The target is a copy of the online encoder and projector that takes no gradient and moves only by
+    `update_target`. A subclass builds its online modules, then calls `attach_target()`: the target comes
+    after them, so parameter names and order (and with them checkpoints and optimizer state) stay put."""
+
+    has_target = True
+
+    def attach_target(self) -> None:
+        self.target_encoder = copy.deepcopy(self.online_encoder)
+        self.target_projector = copy.deepcopy(self.online_projector)
+        for param in self.target_parameters():
+            param.requires_grad_(False)
+
+    def online_parameters(self) -> list[nn.Parameter]:
+        """Parameters the EMA tracks, in the same order as `target_parameters`."""
+        return [*self.online_encoder.parameters(), *self.online_projector.parameters()]
+
+    def target_parameters(self) -> list[nn.Parameter]:
+        return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """ξ ← τ·ξ + (1 − τ)·θ for every target parameter, in two fused multi-tensor calls."""
+        target = self.target_parameters()
+        torch._foreach_mul_(target, tau)
+        torch._foreach_add_(target, self.online_parameters(), alpha=1 - tau)

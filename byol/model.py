@@ -19,34 +19,16 @@ under stop-gradient, 1 keeps the initial random target.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from .distributed import gather
-from .learner import Learner, ViewOutputs
+from .heads import MLPHead
+from .learner import MomentumLearner, ViewOutputs
 from .loss import byol_loss, negatives_term
-from .norm import WSLinear, check_norm, group_norm
 
 
-class MLPHead(nn.Sequential):
-    """Linear → BatchNorm1d → ReLU → Linear: BYOL's projector and predictor.
-
-    With `norm="group-ws"` the first layer is weight-standardised and the norm is a GroupNorm.
-    """
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, norm: str = "batch"):
-        group_ws = check_norm(norm) == "group-ws"
-        super().__init__(
-            (WSLinear if group_ws else nn.Linear)(in_dim, hidden_dim),
-            group_norm(hidden_dim) if group_ws else nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
-
-
-class BYOL(Learner):
+class BYOL(MomentumLearner):
     """`loss = learner(view1, view2)`; after each optimizer step, `learner.update_target(tau)`.
 
     `backbone` maps images (B, C, H, W) to features (B, D). With `feature_dim=None` D is what the backbone
@@ -54,8 +36,6 @@ class BYOL(Learner):
     size a ViT declares, or 64×64 with the first convolution's channels); see `backbones.feature_size`.
     `learner.online_encoder` is the network to keep after training.
     """
-
-    has_target = True
 
     def __init__(
         self,
@@ -79,17 +59,7 @@ class BYOL(Learner):
         self.predictor = (
             MLPHead(projection_dim, predictor_hidden_dim, projection_dim, norm) if predictor else nn.Identity()
         )
-        self.target_encoder = copy.deepcopy(self.online_encoder)
-        self.target_projector = copy.deepcopy(self.online_projector)
-        for param in self.target_parameters():
-            param.requires_grad_(False)
-
-    def online_parameters(self) -> list[nn.Parameter]:
-        """Parameters the EMA tracks, in the same order as `target_parameters`."""
-        return [*self.online_encoder.parameters(), *self.online_projector.parameters()]
-
-    def target_parameters(self) -> list[nn.Parameter]:
-        return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
+        self.attach_target()
 
     def online(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(representation y, projection, prediction p) of the online network for one view."""
@@ -127,11 +97,3 @@ class BYOL(Learner):
         if return_outputs:
             return loss, ViewOutputs((y1, y2), (g1, g2))
         return loss
-
-    @torch.no_grad()
-    def update_target(self, tau: float) -> None:
-        """ξ ← τ·ξ + (1 − τ)·θ for every encoder and projector parameter, in one fused foreach call."""
-        target = self.target_parameters()
-        online = self.online_parameters()
-        torch._foreach_mul_(target, tau)
-        torch._foreach_add_(target, online, alpha=1 - tau)

@@ -9,21 +9,18 @@ epochs, and each parameter's gradient is clipped to a norm.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from ..distributed import all_reduce_sum, rank_and_world
 from ..heads import DINOHead
-from ..learner import Learner, ViewOutputs
+from ..learner import MomentumLearner, ViewOutputs
 from ..loss import dino_loss
 from .multicrop import encode_by_size
 
 
-class DINO(Learner):
+class DINO(MomentumLearner):
     accepts_local_views = True
-    has_target = True
 
     def __init__(
         self,
@@ -46,17 +43,8 @@ class DINO(Learner):
         self.teacher_temperatures = (teacher_temperature_start, teacher_temperature, teacher_temperature_epochs)
         self.center_momentum, self.clip_grad, self.freeze_epochs = center_momentum, clip_grad, freeze_head_epochs
         self.online_projector = DINOHead(feature_dim, projector_hidden_dim, projection_dim, prototypes)
-        self.target_encoder = copy.deepcopy(backbone)
-        self.target_projector = copy.deepcopy(self.online_projector)
-        for param in self.target_parameters():
-            param.requires_grad_(False)
+        self.attach_target()
         self.register_buffer("center", torch.zeros(1, prototypes))  # the same on every rank; checkpointed
-
-    def online_parameters(self) -> list[nn.Parameter]:
-        return [*self.online_encoder.parameters(), *self.online_projector.parameters()]
-
-    def target_parameters(self) -> list[nn.Parameter]:
-        return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
 
     def teacher_temperature(self) -> float:
         """Linear from the start value over the warm-up epochs, then constant; it changes at epoch boundaries."""
@@ -108,8 +96,3 @@ class DINO(Learner):
         if self.epoch < self.freeze_epochs:
             for param in self.online_projector.last_layer.parameters():
                 param.grad = None
-
-    @torch.no_grad()
-    def update_target(self, tau: float) -> None:
-        torch._foreach_mul_(self.target_parameters(), tau)
-        torch._foreach_add_(self.target_parameters(), self.online_parameters(), alpha=1 - tau)

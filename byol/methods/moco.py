@@ -9,21 +9,17 @@ the same on every rank; batch norm is synchronised over the global batch, so the
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import gather
 from ..heads import mlp
-from ..learner import Learner, ViewOutputs
+from ..learner import MomentumLearner, ViewOutputs
 from ..loss import moco_loss
 
 
-class MoCo(Learner):
-    has_target = True
-
+class MoCo(MomentumLearner):
     def __init__(
         self,
         backbone: nn.Module,
@@ -36,20 +32,11 @@ class MoCo(Learner):
         super().__init__()
         feature_dim = self.attach_encoder(backbone, feature_dim)
         self.projection_dim, self.temperature = projection_dim, temperature
-        self.online_projector = mlp([feature_dim, projector_hidden_dim, projection_dim], batch_norm=False)
-        self.target_encoder = copy.deepcopy(backbone)
-        self.target_projector = copy.deepcopy(self.online_projector)
-        for param in self.target_parameters():
-            param.requires_grad_(False)
+        self.online_projector = nn.Sequential(*mlp([feature_dim, projector_hidden_dim, projection_dim], norm=None))
+        self.attach_target()
         # Keys from earlier batches, identical on every rank; part of the checkpoint.
         self.register_buffer("queue", F.normalize(torch.randn(projection_dim, queue_size), dim=0))
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
-
-    def online_parameters(self) -> list[nn.Parameter]:
-        return [*self.online_encoder.parameters(), *self.online_projector.parameters()]
-
-    def target_parameters(self) -> list[nn.Parameter]:
-        return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
 
     def forward(
         self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor, return_outputs: bool = False
@@ -76,8 +63,3 @@ class MoCo(Learner):
         slots = (self.queue_pointer + torch.arange(len(keys), device=keys.device)) % size
         self.queue.index_copy_(1, slots, keys.T.to(self.queue.dtype))
         self.queue_pointer.add_(len(keys)).remainder_(size)
-
-    @torch.no_grad()
-    def update_target(self, tau: float) -> None:
-        torch._foreach_mul_(self.target_parameters(), tau)
-        torch._foreach_add_(self.target_parameters(), self.online_parameters(), alpha=1 - tau)

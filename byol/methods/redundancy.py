@@ -33,9 +33,8 @@ class _Twin(Learner):
         super().__init__()
         feature_dim = self.attach_encoder(backbone, feature_dim)
         self.projection_dim = projection_dim
-        self.online_projector = mlp(
-            [feature_dim, projector_hidden_dim, projector_hidden_dim, projection_dim], bias=hidden_bias, last_bias=False
-        )
+        dims = [feature_dim, projector_hidden_dim, projector_hidden_dim, projection_dim]
+        self.online_projector = nn.Sequential(*mlp(dims, bias=hidden_bias, last_bias=False))
 
     def embed(self, view1: torch.Tensor, view2: torch.Tensor, local_views: tuple):
         self.check_views(local_views)

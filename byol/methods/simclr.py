@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..distributed import gather
+from ..heads import MLPHead
 from ..learner import Learner, ViewOutputs
 from ..loss import nt_xent_loss
-from ..model import MLPHead
 
 
 class SimCLR(Learner):

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import all_reduce_sum, rank_and_world
+from ..heads import MLPHead
 from ..learner import Learner, ViewOutputs
 from ..loss import sinkhorn, swapped_prediction
-from ..model import MLPHead
 from .multicrop import encode_by_size
 
 
