@@ -15,14 +15,28 @@ from .checkpoint import EncoderInfo, atomic_write
 from .data import ImageDataset, dataset_images, decoding_workers, iterate_split, load_dataset, scan_folder
 from .device import resolve_device
 from .errors import UserError
-from .evaluate import balanced_subset, fine_tune, knn_accuracies, linear_probe, random_encoder
+from .evaluate import (
+    FEW_LABEL_L2,
+    FEW_LABEL_SUBSETS,
+    balanced_subset,
+    few_label_probe,
+    few_label_subsets,
+    fine_tune,
+    knn_accuracies,
+    linear_probe,
+    random_encoder,
+)
 from .export import read_encoder
 from .features import RAW_PIXEL_MAX_SIDE, RAW_PIXEL_SIDE, SplitFeatures, encode, pixel_features, split_features
 from .logs import TensorBoard, log, verbosity
 from .run_dir import RunDir
 
 PROTOCOLS = ("knn", "linear", "semi")
-SEMI_FRACTIONS = {"1pct": 0.01, "10pct": 0.10}
+SEMI_FRACTIONS = {"1pct": 0.01, "10pct": 0.10}  # the semi fine-tune's, and the few-label probe's
+FEW_LABEL_PROBE = (  # said in eval.json and under the table
+    "logistic head on frozen features standardised per subset, L-BFGS, L2 {l2:g}/n; "
+    "mean ± spread (max - min) of top-1 over {count} seeded class-balanced label subsets"
+)
 
 
 def parse_protocols(text: str) -> list[str]:
@@ -57,6 +71,7 @@ def _score_features(
     report,
     linear_epochs,
     device: torch.device,
+    few_label: dict[str, list[torch.Tensor]] | None = None,
 ) -> None:
     name = prefix or "encoder"
     if "knn" in protocols:
@@ -83,6 +98,23 @@ def _score_features(
         report[f"{prefix}linear_top1"] = result["top1"]
         report[f"{prefix}linear_top5"] = result["top5"]
         report[f"{prefix}linear_weight_decay"] = result["weight_decay"]
+    for fraction, subsets in (few_label or {}).items():
+        accuracies = few_label_probe(
+            train.features[name], train.labels, test.features[name], test.labels, num_classes, subsets, device=device
+        )
+        key = f"{prefix}few_label_{fraction}_top1"
+        report[key] = sum(accuracies) / len(accuracies)
+        report[f"{key}_spread"] = max(accuracies) - min(accuracies)
+        report[f"{key}_per_subset"] = accuracies
+
+
+def _few_label_subsets(protocols, labels: torch.Tensor, count: int, seed: int, report: dict):
+    """fraction name → the few-label probe's label subsets, or None where it does not run. Drawn once, so
+    the encoder and both baselines are scored on the same labelled images."""
+    if "linear" not in protocols or count <= 0:
+        return None
+    report["few_label_probe"] = FEW_LABEL_PROBE.format(l2=FEW_LABEL_L2, count=count)
+    return {name: few_label_subsets(labels, fraction, count, seed) for name, fraction in SEMI_FRACTIONS.items()}
 
 
 def evaluate_encoder(
@@ -98,9 +130,11 @@ def evaluate_encoder(
     quiet: bool = False,
     run_dir: Path | None = None,
     workers: int | None = None,
+    few_label_count: int = FEW_LABEL_SUBSETS,
 ) -> dict:
     """All requested protocols on the encoder in `checkpoint`, plus random-init and raw-pixel baselines.
-    Each split is decoded once, in batches, for every encoder at the same time; only features are kept."""
+    Each split is decoded once, in batches, for every encoder at the same time; only features are kept.
+    With "linear", the few-label probe runs on `few_label_count` label subsets per fraction (0: not at all)."""
     started = time.perf_counter()
     with verbosity(quiet):
         device = resolve_device(device)
@@ -134,6 +168,7 @@ def evaluate_encoder(
         }
         if "raw_pixel_" in extractors and info.image_size > RAW_PIXEL_MAX_SIDE:
             report["raw_pixel_size"] = RAW_PIXEL_SIDE
+        few_label = _few_label_subsets(protocols, train_x.labels, few_label_count, seed, report)
         for prefix in extractors:
             log.info(f"eval: scoring {'the encoder' if prefix == 'encoder' else prefix.rstrip('_')}")
             _score_features(
@@ -145,6 +180,7 @@ def evaluate_encoder(
                 report,
                 linear_epochs,
                 device,
+                few_label,
             )
         if "semi" in protocols:
             _semi_supervised(
@@ -198,22 +234,38 @@ TABLE_ROWS = (
     ("kNN top-1 (k=20)", "knn20_top1"),
     ("linear top-1", "linear_top1"),
     ("linear top-5", "linear_top5"),
+    ("linear, 1% labels", "few_label_1pct_top1"),
+    ("linear, 10% labels", "few_label_10pct_top1"),
     ("semi 1% top-1", "semi_1pct_top1"),
     ("semi 10% top-1", "semi_10pct_top1"),
 )
 
 
+TABLE_COLUMNS = (("BYOL", "", 8), ("random init", "random_init_", 12), ("raw pixels", "raw_pixel_", 11))
+
+
 def format_table(report: dict) -> str:
-    lines = [f"{'protocol':<20} {'BYOL':>8} {'random init':>12} {'raw pixels':>11}"]
-    for label, key in TABLE_ROWS:
-        if key not in report:
-            continue
-        cells = [report.get(prefix + key) for prefix in ("", "random_init_", "raw_pixel_")]
-        lines.append(
-            f"{label:<20} "
-            + " ".join(f"{f'{c:.2f}' if c is not None else '-':>{w}}" for c, w in zip(cells, (8, 12, 11)))
-        )
+    """The protocols' top-1 (and linear top-5) for the encoder and the baselines; a few-label cell is
+    "mean ± spread", and a footnote says what the spread is."""
+    rows = [
+        (label, [_cell(report, prefix + key) for _, prefix, _ in TABLE_COLUMNS])
+        for label, key in TABLE_ROWS
+        if key in report
+    ]
+    # At least these widths, wider where a "mean ± spread" cell needs it.
+    widths = [max([width] + [len(cells[i]) for _, cells in rows]) for i, (_, _, width) in enumerate(TABLE_COLUMNS)]
+    lines = [f"{'protocol':<20} " + " ".join(f"{name:>{w}}" for (name, _, _), w in zip(TABLE_COLUMNS, widths))]
+    lines += [f"{label:<20} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths)) for label, cells in rows]
+    if "few_label_probe" in report and any(key.startswith("few_label_") and key in report for _, key in TABLE_ROWS):
+        lines.append(f"few labels: {report['few_label_probe']}")
     return "\n".join(lines)
+
+
+def _cell(report: dict, key: str) -> str:
+    value, spread = report.get(key), report.get(f"{key}_spread")
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if spread is None else f"{value:.2f} ± {spread:.2f}"
 
 
 def public(report: dict) -> dict:

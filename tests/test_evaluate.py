@@ -2,7 +2,16 @@ from pathlib import Path
 
 import torch
 
-from byol.evaluate import balanced_subset, knn_accuracy, knn_predict, knn_predict_many, linear_probe, top_k_accuracy
+from byol.evaluate import (
+    balanced_subset,
+    few_label_probe,
+    few_label_subsets,
+    knn_accuracy,
+    knn_predict,
+    knn_predict_many,
+    linear_probe,
+    top_k_accuracy,
+)
 
 
 def clusters(n_per_class=100, classes=5, dim=16, spread=0.05, seed=0):
@@ -135,3 +144,52 @@ def test_features_past_the_spill_size_are_memory_mapped_and_read_back(monkeypatc
         )["top1"]
         == 100.0
     )
+
+
+def test_few_label_probe_is_perfect_on_separable_clusters():
+    train_x, train_y = clusters(n_per_class=200, spread=0.5, seed=0)
+    test_x, test_y = clusters(n_per_class=40, spread=0.5, seed=0)
+    test_x = test_x + 0.05 * torch.randn_like(test_x)
+    for fraction in (0.01, 0.10):
+        subsets = few_label_subsets(train_y, fraction, count=3, seed=0)
+        assert min(few_label_probe(train_x, train_y, test_x, test_y, 5, subsets)) == 100.0
+
+
+def test_few_label_probe_on_random_labels_is_chance():
+    generator = torch.Generator().manual_seed(2)
+    train_x, test_x = torch.randn(6000, 32, generator=generator), torch.randn(2000, 32, generator=generator)
+    train_y = torch.randint(0, 10, (6000,), generator=generator)
+    test_y = torch.randint(0, 10, (2000,), generator=generator)
+    accuracies = few_label_probe(train_x, train_y, test_x, test_y, 10, few_label_subsets(train_y, 0.10, seed=0))
+    assert len(accuracies) == 3 and all(abs(a - 10) < 4 for a in accuracies)
+
+
+def test_few_label_subsets_are_seeded_balanced_distinct_and_nested():
+    labels = torch.arange(10).repeat_interleave(600)[torch.randperm(6000)]
+    a, b, c = (few_label_subsets(labels, 0.01, 3, seed) for seed in (5, 5, 6))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # the same seed, the same subsets
+    assert not any(torch.equal(x, y) for x, y in zip(a, c))  # another seed, other subsets
+    assert len({tuple(x.tolist()) for x in a}) == 3  # the subsets of one seed differ from one another
+    assert all(torch.bincount(labels[x], minlength=10).tolist() == [6] * 10 for x in a)
+    assert not any(torch.equal(x, balanced_subset(labels, 0.01, 5)) for x in a)  # not the semi fine-tune's
+    wide = few_label_subsets(labels, 0.10, 3, seed=5)
+    assert all(set(x.tolist()) <= set(w.tolist()) and len(w) == 600 for x, w in zip(a, wide))
+
+
+def test_few_label_probe_is_deterministic_and_draws_no_random_numbers():
+    train_x, train_y = clusters(spread=3.0)
+    test_x, test_y = clusters(n_per_class=20, spread=3.0, seed=1)
+    subsets = few_label_subsets(train_y, 0.10, seed=0)
+    threads, state = torch.get_num_threads(), torch.get_rng_state()
+    first = few_label_probe(train_x, train_y, test_x, test_y, 5, subsets)
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+    torch.manual_seed(123)  # another global RNG state: the same figures
+    assert few_label_probe(train_x, train_y, test_x, test_y, 5, subsets) == first
+
+
+def test_few_label_probe_standardises_with_the_subset_statistics():
+    train_x, train_y = clusters(n_per_class=200, spread=0.5)
+    test_x, test_y = clusters(n_per_class=40, spread=0.5)
+    subsets = few_label_subsets(train_y, 0.10, seed=1)
+    shifted = few_label_probe(train_x * 1e3 + 5e3, train_y, test_x * 1e3 + 5e3, test_y, 5, subsets)
+    assert shifted == few_label_probe(train_x, train_y, test_x, test_y, 5, subsets) == [100.0] * 3

@@ -76,6 +76,13 @@ def test_eval_json_has_every_field_and_beats_chance(trained_run):
         "raw_pixel_linear_top1",
     ):
         assert 0 <= report[key] <= 100, key
+    for prefix in ("", "random_init_", "raw_pixel_"):  # the few-label probe, beside every linear probe
+        for fraction in ("1pct", "10pct"):
+            key = f"{prefix}few_label_{fraction}_top1"
+            each = report[f"{key}_per_subset"]
+            assert len(each) == 3 and report[key] == pytest.approx(sum(each) / 3), key
+            assert report[f"{key}_spread"] == pytest.approx(max(each) - min(each)), key
+    assert "max - min" in report["few_label_probe"]
     # the synthetic classes are prototypes plus noise: raw pixels separate them almost perfectly
     assert report["raw_pixel_knn_top1"] > 90
     assert report["unreadable_train_images"] == report["unreadable_test_images"] == 0
@@ -106,6 +113,33 @@ def test_semi_protocol_saves_its_subsets(trained_run, tmp_path):
     assert 0 <= report["semi_1pct_top1"] <= 100 and 0 <= report["semi_10pct_top1"] <= 100
     subsets = json.loads((tmp_path / "semi_subsets.json").read_text())["subsets"]
     assert len(subsets["10pct"]) >= 20 and len(subsets["1pct"]) == 10  # at least one per class
+
+
+def test_the_few_label_probe_changes_no_other_figure(trained_run):
+    from byol.report import evaluate_encoder
+
+    run, data = trained_run
+    common = dict(protocols=["knn", "linear"], data=str(data), device="cpu", linear_epochs=3, quiet=True, workers=0)
+    without = evaluate_encoder(str(run / "checkpoint.pt"), few_label_count=0, **common)
+    with_probe = evaluate_encoder(str(run / "checkpoint.pt"), **common)
+    assert "few_label_1pct_top1" not in without and "raw_pixel_few_label_10pct_top1" in with_probe
+    for key, value in without.items():
+        if key != "eval_wall_s" and not key.startswith("_"):
+            assert with_probe[key] == value, key  # to the digit: the probe draws no random numbers
+
+
+def test_table_shows_few_label_rows_as_mean_and_spread():
+    from byol.report import format_table
+
+    report = {"knn_top1": 80.0, "raw_pixel_knn_top1": 75.5}
+    assert format_table(report).splitlines() == [
+        "protocol                 BYOL  random init  raw pixels",
+        "kNN top-1 (k=200)       80.00            -       75.50",
+    ]
+    report |= {"few_label_1pct_top1": 81.3, "few_label_1pct_top1_spread": 0.52, "few_label_probe": "how"}
+    lines = format_table(report).splitlines()
+    assert lines[2].startswith("linear, 1% labels") and "81.30 ± 0.52" in lines[2] and lines[2].endswith("-")
+    assert lines[-1] == "few labels: how" and len({len(line) for line in lines[:3]}) == 1  # columns aligned
 
 
 def test_checkpoint_and_safetensors_give_the_same_encoder(trained_run):
