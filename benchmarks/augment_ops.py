@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from byol import augment
+from byol.data import augment
 
 
 class CountOps(TorchDispatchMode):

@@ -46,8 +46,8 @@ def make_jpegs(folder: Path, count: int, width: int, height: int, classes: int =
 
 
 def scan(args) -> None:
-    from byol.data import load_folder
-    from byol.folders import scan_images
+    from byol.data.datasets import load_folder
+    from byol.data.folders import scan_images
 
     root = Path(args.root)
     if not root.exists():
@@ -67,7 +67,7 @@ def scan(args) -> None:
 
 
 def decode(args) -> None:
-    from byol.folders import DecodedCache, decode_image
+    from byol.data.folders import DecodedCache, decode_image
 
     root = Path(args.root)
     photos = make_jpegs(root / "photos", args.images, 500, 375)
@@ -110,8 +110,8 @@ sys.exit(code)
 def eval_memory(args) -> None:
     import torch
 
-    from byol.backbones import build_backbone
-    from byol.checkpoint import EncoderInfo, save_weights
+    from byol.models.backbones import build_backbone
+    from byol.runtime.checkpoint import EncoderInfo, save_weights
 
     root = Path(args.root)
     torch.manual_seed(0)

@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from byol.config import resolve  # after the path set-up above: runs from a checkout
-from byol.trainer import build_learner
+from byol.training.config import resolve  # after the path set-up above: runs from a checkout
+from byol.training.trainer import build_learner
 
 RECIPES = {  # the options of each docs/imagenet.md command that change memory
     "byol-resnet50": {"method": "byol", "backbone": "resnet50", "optimizer": "lars"},

@@ -20,31 +20,31 @@ __version__ = "0.1.0"
 
 # public name → the module that defines it
 _HOMES = {
-    "VIEW1": "augment",
-    "VIEW2": "augment",
-    "LOCAL_VIEW": "augment",
-    "BYOLAugment": "augment",
-    "MultiCropAugment": "augment",
-    "ViewAugment": "augment",
-    "ViewConfig": "augment",
-    "without": "augment",
-    "build_backbone": "backbones",
-    "effective_rank": "collapse",
-    "embedding_std": "collapse",
-    "is_collapsed": "collapse",
-    "export_encoder": "export",
-    "load_encoder": "export",
-    "Learner": "learner",
-    "ViewOutputs": "learner",
-    "barlow_twins_loss": "loss",
-    "byol_loss": "loss",
-    "dino_loss": "loss",
-    "moco_loss": "loss",
-    "negatives_term": "loss",
-    "nt_xent_loss": "loss",
-    "sinkhorn": "loss",
-    "swav_loss": "loss",
-    "vicreg_loss": "loss",
+    "VIEW1": "data.augment",
+    "VIEW2": "data.augment",
+    "LOCAL_VIEW": "data.augment",
+    "BYOLAugment": "data.augment",
+    "MultiCropAugment": "data.augment",
+    "ViewAugment": "data.augment",
+    "ViewConfig": "data.augment",
+    "without": "data.augment",
+    "build_backbone": "models.backbones",
+    "effective_rank": "probes.collapse",
+    "embedding_std": "probes.collapse",
+    "is_collapsed": "probes.collapse",
+    "export_encoder": "evaluation.export",
+    "load_encoder": "evaluation.export",
+    "Learner": "methods.learner",
+    "ViewOutputs": "methods.learner",
+    "barlow_twins_loss": "methods.losses",
+    "byol_loss": "methods.losses",
+    "dino_loss": "methods.losses",
+    "moco_loss": "methods.losses",
+    "negatives_term": "methods.losses",
+    "nt_xent_loss": "methods.losses",
+    "sinkhorn": "methods.losses",
+    "swav_loss": "methods.losses",
+    "vicreg_loss": "methods.losses",
     "DINO": "methods",
     "BarlowTwins": "methods",
     "MoCo": "methods",
@@ -53,25 +53,29 @@ _HOMES = {
     "SwAV": "methods",
     "VICReg": "methods",
     "build_method": "methods",
-    "BYOL": "model",
-    "MLPHead": "heads",
-    "LARS": "optim",
-    "lars_param_groups": "optim",
-    "learning_rate": "schedules",
-    "scaled_lr": "schedules",
-    "target_tau": "schedules",
-    "training_step": "step",
-    "GraphedStep": "graphs",
+    "BYOL": "methods.byol",
+    "MLPHead": "models.heads",
+    "LARS": "training.optim",
+    "lars_param_groups": "training.optim",
+    "learning_rate": "training.schedules",
+    "scaled_lr": "training.schedules",
+    "target_tau": "training.schedules",
+    "training_step": "training.step",
+    "GraphedStep": "training.graphs",
 }
 
 __all__ = sorted(_HOMES)
+# public modules under their former names
+_MODULES = {"distributed": "runtime.distributed"}
 
 
 def __getattr__(name: str):
+    if name in _MODULES:  # the module's name before the stage packages
+        return importlib.import_module(f".{_MODULES[name]}", __name__)
     if name not in _HOMES:
         if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
             raise AttributeError(f"module 'byol' has no attribute {name!r}")
-        return importlib.import_module(f".{name}", __name__)  # a submodule: `byol.distributed` works unimported
+        return importlib.import_module(f".{name}", __name__)  # a stage package: `byol.training` works unimported
     value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value
@@ -82,14 +86,21 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names above load lazily
-    from .augment import LOCAL_VIEW, VIEW1, VIEW2, BYOLAugment, MultiCropAugment, ViewAugment, ViewConfig, without
-    from .backbones import build_backbone
-    from .collapse import effective_rank, embedding_std, is_collapsed
-    from .export import export_encoder, load_encoder
-    from .graphs import GraphedStep
-    from .heads import MLPHead
-    from .learner import Learner, ViewOutputs
-    from .loss import (
+    from byol.data.augment import (
+        LOCAL_VIEW,
+        VIEW1,
+        VIEW2,
+        BYOLAugment,
+        MultiCropAugment,
+        ViewAugment,
+        ViewConfig,
+        without,
+    )
+    from byol.evaluation.export import export_encoder, load_encoder
+    from byol.methods import DINO, BarlowTwins, MoCo, SimCLR, SimSiam, SwAV, VICReg, build_method
+    from byol.methods.byol import BYOL
+    from byol.methods.learner import Learner, ViewOutputs
+    from byol.methods.losses import (
         barlow_twins_loss,
         byol_loss,
         dino_loss,
@@ -100,8 +111,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; at run time the names abo
         swav_loss,
         vicreg_loss,
     )
-    from .methods import DINO, BarlowTwins, MoCo, SimCLR, SimSiam, SwAV, VICReg, build_method
-    from .model import BYOL
-    from .optim import LARS, lars_param_groups
-    from .schedules import learning_rate, scaled_lr, target_tau
-    from .step import training_step
+    from byol.models.backbones import build_backbone
+    from byol.models.heads import MLPHead
+    from byol.probes.collapse import effective_rank, embedding_std, is_collapsed
+    from byol.training.graphs import GraphedStep
+    from byol.training.optim import LARS, lars_param_groups
+    from byol.training.schedules import learning_rate, scaled_lr, target_tau
+    from byol.training.step import training_step

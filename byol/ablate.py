@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import atomic_write
-from .collapse import is_collapsed
-from .config import TrainConfig, merge, resolve
-from .errors import UserError
-from .logs import log, verbosity
-from .report import evaluate_encoder, pyplot
-from .run_dir import RunDir
-from .train import train
+from byol.evaluation.report import evaluate_encoder, pyplot
+from byol.probes.collapse import is_collapsed
+from byol.runtime.checkpoint import atomic_write
+from byol.runtime.errors import UserError
+from byol.runtime.logs import log, verbosity
+from byol.training.config import TrainConfig, merge, resolve
+from byol.training.run import train
+from byol.training.run_dir import RunDir
 
 # The training presets (`byol train --preset`'s names) a suite can start from: those sized for a grid of
 # runs. The suite's own names from before the presets were one namespace still work, with a note.

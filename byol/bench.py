@@ -16,15 +16,16 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import peers, zoo
-from .augment import BYOLAugment
-from .config import TrainConfig
-from .device import Runtime, resolve_device
-from .errors import UserError
-from .graphs import GraphedStep
-from .schedules import scaled_lr
-from .step import training_step
-from .trainer import build_learner, optimizer_for
+from byol import peers
+from byol.data.augment import BYOLAugment
+from byol.models import zoo
+from byol.runtime.device import Runtime, resolve_device
+from byol.runtime.errors import UserError
+from byol.training.config import TrainConfig
+from byol.training.graphs import GraphedStep
+from byol.training.schedules import scaled_lr
+from byol.training.step import training_step
+from byol.training.trainer import build_learner, optimizer_for
 
 PEERS = tuple(peers.STEPS)
 # Untimed steps at least, with CUDA graphs: the graph's eager warm-up, its capture and one replay.
@@ -173,50 +174,64 @@ def bench(
     stem: str = "auto",
     cuda_graphs: bool = False,
 ) -> dict:
+    _check_options(steps, batch_size, compare)
+    torch.manual_seed(0)
+    runtime = _runtime(device, precision, channels_last, cuda_graphs)
+    dev = runtime.device
+    warmup = max(warmup, GRAPH_WARMUP) if cuda_graphs else warmup
+    images = random_images(batch_size, channels, image_size, dev)
+    ours = (backbone, width, image_size, images, runtime, compile_model, stem, cuda_graphs)
+    step, augment_only, flops_per_step = _our_step(*ours)
+    seconds = statistics.median(time_steps(step, dev, steps, warmup))
+    augment_seconds = statistics.median(time_steps(augment_only, dev, steps, 1))
+    utilization = _utilization(flops_per_step, batch_size, seconds, dev, runtime)  # before the memory, as ever
+    memory_key, memory = peak_memory_mb(dev)
+    result = {
+        "device": device_name(dev),
+        **dict(backbone=backbone, width=width, stem=stem, image_size=image_size, batch_size=batch_size),
+        "precision": str(runtime.amp_dtype or torch.float32).replace("torch.", ""),
+        "precision_choice": runtime.describe_precision(),
+        "channels_last": runtime.memory_format == torch.channels_last,
+        **dict(compile=compile_model, cuda_graphs=cuda_graphs, steps=steps),
+        **{"ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds},
+        "augment_ms_per_step": 1000 * augment_seconds,
+        # The augmentation is timed alone, eagerly; a graphed step replays it inside its graph, faster: no share.
+        "augment_fraction": None if cuda_graphs else augment_seconds / seconds,
+        **utilization,
+        memory_key: memory,
+    }
+    result["compare"] = {
+        peer: bench_peer(peer, backbone, width, image_size, images, runtime, steps, warmup, result["images_per_s"])
+        for peer in compare
+    }
+    return result
+
+
+def _check_options(steps: int, batch_size: int, compare: tuple[str, ...]) -> None:
     if steps < 1 or batch_size < 2:
         raise UserError("--steps must be ≥ 1 and --batch-size ≥ 2")
     unknown = [p for p in compare if p not in PEERS]
     if unknown:
         raise UserError(f"--compare: unknown peer '{unknown[0]}'; choose from {', '.join(PEERS)}")
-    torch.manual_seed(0)
+
+
+def _runtime(device: str, precision: str, channels_last: bool | None, cuda_graphs: bool) -> Runtime:
     runtime = Runtime.resolve(resolve_device(device), precision, channels_last)
     runtime.prepare()
-    dev = runtime.device
-    if cuda_graphs and dev.type != "cuda":
-        raise UserError(f"--cuda-graphs: CUDA graphs need a CUDA device; this bench runs on {dev.type}")
-    if cuda_graphs:
-        warmup = max(warmup, GRAPH_WARMUP)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    images = random_images(batch_size, channels, image_size, dev)
-    step, augment_only, flops_per_step = _our_step(
-        backbone, width, image_size, images, runtime, compile_model, stem, cuda_graphs
-    )
-    seconds = statistics.median(time_steps(step, dev, steps, warmup))
-    augment_seconds = statistics.median(time_steps(augment_only, dev, steps, 1))
+    if cuda_graphs and runtime.device.type != "cuda":
+        raise UserError(f"--cuda-graphs: CUDA graphs need a CUDA device; this bench runs on {runtime.device.type}")
+    if runtime.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(runtime.device)
+    return runtime
+
+
+def _utilization(flops_per_step: float | None, batch_size: int, seconds: float, dev, runtime: Runtime) -> dict:
+    """FLOPs per image, the matmul/convolution peak measured here, and the share of it the step achieved."""
     peak, peak_kind = peak_flops(dev, runtime.amp_dtype or torch.float32)
-    memory_key, memory = peak_memory_mb(dev)
     result = {
-        "device": device_name(dev),
-        "backbone": backbone,
-        "width": width,
-        "stem": stem,
-        "image_size": image_size,
-        "batch_size": batch_size,
-        "precision": str(runtime.amp_dtype or torch.float32).replace("torch.", ""),
-        "precision_choice": runtime.describe_precision(),
-        "channels_last": runtime.memory_format == torch.channels_last,
-        "compile": compile_model,
-        "cuda_graphs": cuda_graphs,
-        "steps": steps,
-        "ms_per_step": 1000 * seconds,
-        "images_per_s": batch_size / seconds,
-        "augment_ms_per_step": 1000 * augment_seconds,
-        "augment_fraction": augment_seconds / seconds,
         "flops_per_image": flops_per_step / batch_size if flops_per_step else None,
         "peak_flops": peak,
         "peak_kind": peak_kind,
-        memory_key: memory,
     }
     if flops_per_step:
         result["achieved_flops"] = flops_per_step / seconds
@@ -226,10 +241,6 @@ def bench(
                 "above 100%: the step ran faster than the best matmul and convolution measured here, so the "
                 "measured peak is below the hardware's (another kernel, or clocks that rose during the step)"
             )
-    result["compare"] = {
-        peer: bench_peer(peer, backbone, width, image_size, images, runtime, steps, warmup, result["images_per_s"])
-        for peer in compare
-    }
     return result
 
 
@@ -277,6 +288,8 @@ def format_result(result: dict) -> str:
     memory_key = "peak_cuda_memory_mb" if "peak_cuda_memory_mb" in result else "peak_rss_mb"
     # --width scales only our ResNets; a library model is built as its library defines it
     width = "" if result["backbone"].startswith(zoo.PREFIXES) else f" ×{result['width']}"
+    fraction = result.get("augment_fraction")  # None for a graphed step, which replays it in its graph
+    augment_share = f"({100 * fraction:.1f}%)" if fraction is not None else "(timed alone, eagerly)"
     lines = [
         f"device       {result['device']}",
         f"model        {result['backbone']}{width}, "
@@ -285,7 +298,7 @@ def format_result(result: dict) -> str:
         f"{', compiled' if result['compile'] else ''}{', CUDA graph' if result.get('cuda_graphs') else ''}",
         f"precision    {result['precision_choice']}",
         f"step         {fmt(result['ms_per_step'])} ms  ({fmt(result['images_per_s'])} images/s)",
-        f"augment      {fmt(result['augment_ms_per_step'])} ms per step ({100 * result['augment_fraction']:.1f}%)",
+        f"augment      {fmt(result['augment_ms_per_step'])} ms per step {augment_share}",
         f"FLOPs/image  {fmt(result['flops_per_image'], 1e9, 2, ' GFLOP')}",
         f"achieved     {fmt(result.get('achieved_flops'), 1e9, 1, ' GFLOP/s')} of a measured peak "
         f"{fmt(result['peak_flops'], 1e9, 1, ' GFLOP/s')} ({result['peak_kind']}): utilization "

@@ -14,17 +14,26 @@ import types
 import typing
 from pathlib import Path
 
-from . import __version__
-from .ablate import SUITE_PRESETS, SUITES, run_suite, suite_preset
-from .bench import GRAPH_WARMUP, bench, format_result
-from .config import FIELDS, PRESETS, TrainConfig, check_method_takes, check_options, flag, read_yaml, resolve
-from .data import DATASETS
-from .distributed import launched_as_main, launched_world_size
-from .errors import UserError
-from .export import FORMATS, export_encoder
-from .methods import METHODS, method_defaults
-from .report import embed, evaluate_encoder, format_table, parse_protocols, public, write_report
-from .train import train
+from byol import __version__
+from byol.ablate import SUITE_PRESETS, SUITES, run_suite, suite_preset
+from byol.bench import GRAPH_WARMUP, bench, format_result
+from byol.data.datasets import DATASETS
+from byol.evaluation.export import FORMATS, export_encoder
+from byol.evaluation.report import embed, evaluate_encoder, format_table, parse_protocols, public, write_report
+from byol.methods import METHODS, method_defaults
+from byol.runtime.distributed import launched_as_main, launched_world_size
+from byol.runtime.errors import UserError
+from byol.training.config import (
+    FIELDS,
+    PRESETS,
+    TrainConfig,
+    check_method_takes,
+    check_options,
+    flag,
+    read_yaml,
+    resolve,
+)
+from byol.training.run import train
 
 _TYPES = typing.get_type_hints(TrainConfig)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from . import __version__
+from byol import __version__
 
 HELP = """\
 usage: byol [-h] [--version] COMMAND ...
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv in (["--help"], ["-h"]):
         print(HELP, end="")
         return 0
-    from .cli import main as run_command  # torch and the rest are imported only for real work
+    from byol.cli import main as run_command  # torch and the rest are imported only for real work
 
     return run_command(argv)
 

@@ -12,8 +12,8 @@ import copy
 
 import torch
 
-from .backbones import build_backbone
-from .device import autocast
+from byol.models.backbones import build_backbone
+from byol.runtime.device import autocast
 
 
 def byol_pytorch_step(backbone: str, width: float, image_size: int, images: torch.Tensor, amp_dtype):

@@ -3,7 +3,7 @@ import json
 import yaml
 
 from byol.ablate import RESULT, paper_suite, run_suite
-from byol.config import resolve
+from byol.training.config import resolve
 
 TINY = dict(
     subset=128,
@@ -95,7 +95,7 @@ def test_an_old_preset_name_runs_its_training_preset_with_a_one_line_note(monkey
     import pytest
 
     from byol import ablate
-    from byol.errors import UserError
+    from byol.runtime.errors import UserError
 
     started_from = []
 

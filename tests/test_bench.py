@@ -6,8 +6,8 @@ import torch
 from byol import BYOL, LARS, BYOLAugment, build_backbone, lars_param_groups
 from byol import bench as bench_module
 from byol.bench import bench, best_rate, count_flops, peak_flops
-from byol.errors import UserError
-from byol.trainer import training_step
+from byol.runtime.errors import UserError
+from byol.training.trainer import training_step
 
 TINY = dict(
     backbone="resnet18", width=0.125, image_size=16, batch_size=8, steps=2, warmup=1, device="cpu", precision="fp32"

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from byol.cli import build_parser, config_from_args
-from byol.config import TrainConfig
+from byol.training.config import TrainConfig
 
 
 def test_every_config_field_is_a_train_option():
@@ -211,7 +211,7 @@ def test_presets_are_one_namespace_that_train_and_ablate_list(capsys):
 
     from byol.ablate import DEPRECATED_PRESETS, SUITE_PRESETS
     from byol.cli import PRESET_ABOUT
-    from byol.config import PRESETS
+    from byol.training.config import PRESETS
 
     files = {p.name.removesuffix(".yaml") for p in (resources.files("byol") / "presets").iterdir()}
     assert set(_choices("train", "--preset")) == set(PRESETS) == files == set(PRESET_ABOUT)
@@ -249,8 +249,8 @@ def test_help_and_option_checks_do_not_import_torchvision():
     import sys
 
     code = (
-        "import sys, byol.cli, byol.config; byol.cli.build_parser(); "
-        "byol.config.resolve(overrides={'backbone': 'resnet50', 'width': 0.5}); "
+        "import sys, byol.cli, byol.training.config; byol.cli.build_parser(); "
+        "byol.training.config.resolve(overrides={'backbone': 'resnet50', 'width': 0.5}); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'timm')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,14 +8,16 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from byol import distributed
-from byol.config import resolve
-from byol.data import BatchStream, ImageDataset
-from byol.device import Runtime
-from byol.distributed import Context, convert_sync_batchnorm
-from byol.evaluate import knn_predict_many, linear_probe
-from byol.features import extract_features
-from byol.trainer import Schedule, Trainer, build_learner, optimizer_for, training_step
+from byol.data.datasets import BatchStream, ImageDataset
+from byol.models import syncbn
+from byol.models.syncbn import convert_sync_batchnorm
+from byol.probes.features import extract_features
+from byol.probes.protocols import knn_predict_many, linear_probe
+from byol.runtime import distributed
+from byol.runtime.device import Runtime
+from byol.runtime.distributed import Context
+from byol.training.config import resolve
+from byol.training.trainer import Schedule, Trainer, build_learner, optimizer_for, training_step
 
 pytestmark = pytest.mark.cuda
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -172,7 +174,9 @@ def test_synchronized_batch_norm_runs_sync_free_in_bf16_channels_last(implementa
     import torch.distributed as dist
 
     dist.init_process_group("nccl", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
-    monkeypatch.setattr(distributed, "is_distributed", lambda: True)  # take the all-reduce path in one rank
+    # take the all-reduce path in one rank (the layer and the collectives each ask)
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(syncbn, "is_distributed", lambda: True)
     try:
         torch.manual_seed(0)
         plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).to(CUDA)

@@ -2,9 +2,9 @@
 with the reason.
 
 What is collected (an *item* each, named `FILE:LINE` in the test ids):
-- fenced blocks (```bash, ```sh, ```python, ```yaml and unlabelled ones). In a shell block each command
-  line is an item: `\\` continuations joined, `# comments` dropped, `NAME="..."` assignments expanded
-  into the lines after them. A python or yaml block is one item.
+- fenced blocks (```bash, ```sh, ```python, ```yaml and unlabelled ones; ```text is a picture, left out). In a
+  shell block each command line is an item: `\\` continuations joined, `# comments` dropped, `NAME="..."`
+  assignments expanded into the lines after them. A python or yaml block is one item.
 - inline code spans in prose, lists and tables that are whole commands: `byol` with a subcommand and an
   argument (`byol train --help`) or an option (`byol --version`); another program with an argument
   (`pip install ...`, `bash scripts/test.sh -m slow`); a call `byol.NAME(...)` with arguments, maybe
@@ -250,7 +250,9 @@ def parse_doc(path: Path) -> tuple[list[Item], list[Marker], list[str]]:
         block_markers = [m for n, t in reversed(above) if (m := parse_marker(doc, n, COMMENT.match(t)[1], problems))]
         markers += block_markers
         language = opened[1].lower()
-        if language in ("python", "py", "yaml", "yml"):
+        if language == "text":  # a picture (the tree), nothing to run
+            block = []
+        elif language in ("python", "py", "yaml", "yml"):
             block = [Item(doc, first, "python" if language.startswith("py") else "yaml", "\n".join(body))]
         else:
             block = shell_items(doc, first, body)
@@ -465,7 +467,7 @@ def replace_option(argv: list[str], name: str, value: str) -> list[str]:
 def prepare(argv: list[str], fx: Fixtures, cwd: Path) -> list[str]:
     """The command as run: the shell's expansions, its fixtures in place, the cheap overrides appended."""
     from byol.cli import build_parser, config_from_args
-    from byol.config import FIELDS, flag, method_option_users
+    from byol.training.config import FIELDS, flag, method_option_users
 
     argv = [os.path.expanduser(word) if word.startswith("~") else word for word in argv]
     if not argv or argv[0].startswith("-") or "--help" in argv or "-h" in argv:
@@ -525,7 +527,7 @@ def parsed(argv: list[str]) -> tuple:
 
 
 def run_byol(argv: list[str], fx: Fixtures, cwd: Path) -> None:
-    from byol.errors import UserError
+    from byol.runtime.errors import UserError
 
     for name, values in PLACEHOLDERS.items():
         if name in argv:
@@ -583,7 +585,7 @@ def run_python(item: Item, fx: Fixtures) -> None:
 
 def run_item(item: Item, fx: Fixtures, cwd: Path) -> None:
     if item.kind == "yaml":
-        from byol.config import resolve
+        from byol.training.config import resolve
 
         (cwd / "block.yaml").write_text(item.text)
         resolve(config_file=str(cwd / "block.yaml"))
@@ -674,7 +676,7 @@ def test_documented_command_runs(item, fixtures, workdir):
 def test_marked_byol_command_is_still_valid(item, argv, workdir):
     """Not run, but parsed (a wrong option or a deprecated name fails), and a `byol train` resolved."""
     from byol.cli import build_parser, config_from_args
-    from byol.errors import UserError
+    from byol.runtime.errors import UserError
 
     if "--help" in argv or "-h" in argv:
         return

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from byol.config import FIELDS, TrainConfig, merge, read_yaml
-from byol.errors import UserError
-from byol.folders import decode_or_reason
+from byol.data.folders import decode_or_reason
+from byol.runtime.errors import UserError
+from byol.training.config import FIELDS, TrainConfig, merge, read_yaml
 
 # 300 per property in the default suite; BYOL_FUZZ_EXAMPLES=5000 for the longer runs in docs/reliability.md.
 FUZZ = settings(

@@ -1,7 +1,7 @@
 """The methods of the paper's comparison table beside BYOL, sharing its backbones, augmentations,
 optimizers, run loop and evaluation.
 
-Every learner has the same surface (byol/learner.py), which is all the training loop uses. A method is
+Every learner has the same surface (byol/methods/learner.py), which is all the training loop uses. A method is
 a class with that surface whose constructor's keyword defaults are its official recipe's model options
 (head sizes, temperatures, queue length, ...), named like the TrainConfig options that set them. Adding
 one is that class, one entry in `METHODS`, and, where its recipe's training options differ from
@@ -14,13 +14,13 @@ import inspect
 
 from torch import nn
 
-from ..model import BYOL
-from .dino import DINO
-from .moco import MoCo
-from .redundancy import BarlowTwins, VICReg
-from .simclr import SimCLR
-from .simsiam import SimSiam
-from .swav import SwAV
+from byol.methods.byol import BYOL
+from byol.methods.dino import DINO
+from byol.methods.moco import MoCo
+from byol.methods.redundancy import BarlowTwins, VICReg
+from byol.methods.simclr import SimCLR
+from byol.methods.simsiam import SimSiam
+from byol.methods.swav import SwAV
 
 # name → learner class
 METHODS = {

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..distributed import all_reduce_sum, rank_and_world
-from ..heads import DINOHead
-from ..learner import MomentumLearner, ViewOutputs
-from ..loss import dino_loss
-from .multicrop import encode_by_size
+from byol.methods.learner import MomentumLearner, ViewOutputs
+from byol.methods.losses import dino_loss
+from byol.methods.multicrop import encode_by_size
+from byol.models.heads import DINOHead
+from byol.runtime.distributed import all_reduce_sum, rank_and_world
 
 
 class DINO(MomentumLearner):

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import gather
-from ..heads import mlp
-from ..learner import MomentumLearner, ViewOutputs
-from ..loss import moco_loss
+from byol.methods.learner import MomentumLearner, ViewOutputs
+from byol.methods.losses import moco_loss
+from byol.models.heads import mlp
+from byol.runtime.distributed import gather
 
 
 class MoCo(MomentumLearner):

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..distributed import gather
-from ..heads import mlp
-from ..learner import Learner, ViewOutputs
-from ..loss import barlow_twins_loss, vicreg_loss
+from byol.methods.learner import Learner, ViewOutputs
+from byol.methods.losses import barlow_twins_loss, vicreg_loss
+from byol.models.heads import mlp
+from byol.runtime.distributed import gather
 
 
 class _Twin(Learner):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import gather
-from ..heads import MLPHead
-from ..learner import Learner, ViewOutputs
-from ..loss import nt_xent_loss
+from byol.methods.learner import Learner, ViewOutputs
+from byol.methods.losses import nt_xent_loss
+from byol.models.heads import MLPHead
+from byol.runtime.distributed import gather
 
 
 class SimCLR(Learner):

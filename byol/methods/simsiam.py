@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..heads import MLPHead
-from ..learner import Learner, ViewOutputs
-from ..loss import negative_cosine_loss
+from byol.methods.learner import Learner, ViewOutputs
+from byol.methods.losses import negative_cosine_loss
+from byol.models.heads import MLPHead
 
 
 class SimSiam(Learner):

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import all_reduce_sum, rank_and_world
-from ..heads import MLPHead
-from ..learner import Learner, ViewOutputs
-from ..loss import sinkhorn, swapped_prediction
-from .multicrop import encode_by_size
+from byol.methods.learner import Learner, ViewOutputs
+from byol.methods.losses import sinkhorn, swapped_prediction
+from byol.methods.multicrop import encode_by_size
+from byol.models.heads import MLPHead
+from byol.runtime.distributed import all_reduce_sum, rank_and_world
 
 
 class SwAV(Learner):

@@ -1,0 +1,1 @@
+"""After training: the `byol eval` and `byol embed` reports, and `byol export`'s formats."""

@@ -1,0 +1,2 @@
+"""Encoders and heads: our ResNets, the torchvision/timm zoo, norms, convolutions, MLP heads, synchronised
+batch norm."""

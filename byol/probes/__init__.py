@@ -1,0 +1,1 @@
+"""Measuring features: kNN, linear and semi-supervised protocols, feature extraction, collapse numbers."""
