@@ -119,12 +119,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 128 + summary["stopped_by_signal"] if summary.get("stopped_by_signal") else 0
 
 
+def run_folder(checkpoint: str) -> Path:
+    """The run folder a `--checkpoint` names: the folder itself, or the one its file is in."""
+    path = Path(checkpoint)
+    return path if path.is_dir() else path.parent
+
+
 def recorded_data(checkpoint: str, data: str | None) -> str | None:
     """`--data`, else the data path the run folder's config.yaml recorded (a folder run needs it again)."""
     if data:
         return data
-    path = Path(checkpoint)
-    saved = (path if path.is_dir() else path.parent) / "config.yaml"
+    saved = run_folder(checkpoint) / "config.yaml"
     recorded = read_yaml(str(saved)).get("data") if saved.is_file() else None
     if recorded and not Path(recorded).exists():
         raise UserError(f"{saved}: the run's data {recorded} is not there (moved?): pass --data PATH")
@@ -134,8 +139,7 @@ def recorded_data(checkpoint: str, data: str | None) -> str | None:
 def cmd_eval(args: argparse.Namespace) -> int:
     protocols = parse_protocols(args.protocol)
     check_options({"device": args.device, "workers": args.workers})
-    checkpoint = Path(args.checkpoint)
-    run_dir = Path(args.out) if args.out else checkpoint if checkpoint.is_dir() else checkpoint.parent
+    run_dir = Path(args.out) if args.out else run_folder(args.checkpoint)
     run_dir.mkdir(parents=True, exist_ok=True)
     report = evaluate_encoder(
         args.checkpoint,
