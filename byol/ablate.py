@@ -98,6 +98,7 @@ def methods_suite(base: TrainConfig) -> list[Variant]:
     each with its own heads, temperatures, queue, prototypes and multi-crop at the suite's size
     (docs/methods.md says where each departs from its official recipe, and why)."""
     wide = max(base.projector_hidden_dim, 2048)  # the redundancy-reduction methods need wide projections
+    multi_crop = dict(crop_min_scale=0.14, local_crops=6, local_crop_scale=(0.05, 0.14))
     own = {
         "byol": {},
         "simclr": {},
@@ -108,20 +109,16 @@ def methods_suite(base: TrainConfig) -> list[Variant]:
             temperature=0.1,
             sinkhorn_epsilon=0.03,
             freeze_head_epochs=1,
-            crop_min_scale=0.14,
-            local_crops=6,
-            local_crop_scale=(0.05, 0.14),
+            **multi_crop,
         ),
         "dino": dict(
             prototypes=4096,
-            temperature=0.1,
+            student_temperature=0.1,
             teacher_temperature=0.07,
             teacher_temperature_start=0.07,
             clip_grad=3.0,
             freeze_head_epochs=0.1,
-            crop_min_scale=0.14,
-            local_crops=6,
-            local_crop_scale=(0.05, 0.14),
+            **multi_crop,
         ),
         "barlowtwins": dict(projection_dim=wide, projector_hidden_dim=wide, lambda_offdiag=0.0051),
         "vicreg": dict(projection_dim=wide, projector_hidden_dim=wide),

@@ -29,9 +29,11 @@ from byol.training.config import (
     TrainConfig,
     check_method_takes,
     check_options,
+    command_line_reader,
     flag,
     read_yaml,
     resolve,
+    with_new_names,
 )
 from byol.training.run import train
 
@@ -92,7 +94,8 @@ def add_config_arguments(
         elif typing.get_origin(kind) is tuple:
             options.update(type=typing.get_args(kind)[0], nargs=len(typing.get_args(kind)), metavar=meta["metavar"])
         else:
-            options.update(type=kind, metavar=meta["metavar"] or {int: "N", float: "X"}.get(kind, "TEXT"))
+            metavar = meta["metavar"] or {int: "N", float: "X"}.get(kind, "TEXT")
+            options.update(type=command_line_reader(name), metavar=metavar)
             if meta["choices"]:
                 options.update(choices=meta["choices"], metavar=None)
         parser.add_argument(flag(name), *meta["aliases"], **options)
@@ -101,7 +104,8 @@ def add_config_arguments(
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {name: getattr(args, name) for name in FIELDS}
     config = resolve(args.preset, args.config or resumed_config(args), overrides)
-    check_method_takes(config, [name for name, value in overrides.items() if value is not None])
+    given = with_new_names({name: value for name, value in overrides.items() if value is not None}, args.method)
+    check_method_takes(config, list(given))
     return config
 
 

@@ -4,25 +4,9 @@ import yaml
 
 from byol.ablate import RESULT, paper_suite, run_suite
 from byol.training.config import resolve
+from tests.conftest import TINY_RUN
 
-TINY = dict(
-    subset=128,
-    width=0.125,
-    projection_dim=16,
-    projector_hidden_dim=32,
-    predictor_hidden_dim=32,
-    batch_size=32,
-    epochs=1,
-    log_every=1,
-    checkpoint_every=100,
-    warmup_epochs=0.5,
-    lr=0.4,
-    base_tau=0.97,
-    device="cpu",
-    precision="fp32",
-    knn_bank=64,
-    knn_test=64,
-)
+TINY = {**TINY_RUN, "epochs": 1, "checkpoint_every": 100, "knn_bank": 64, "knn_test": 64}
 
 
 def test_paper_suite_covers_the_papers_ablations():

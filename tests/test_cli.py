@@ -50,7 +50,11 @@ def test_command_line_reaches_the_config():
         (["--prototypes", "100"], "--prototypes: --method byol does not use it (only swav, dino do)"),
         (["--method", "mocov2", "--predictor-hidden-dim", "64"], "--predictor-hidden-dim: --method mocov2"),
         (["--method", "vicreg", "--teacher-temperature", "0.07"], "--teacher-temperature: --method vicreg"),
-        (["--temperature", "0.2"], "--temperature: --method byol uses it only in the appendix's contrastive term"),
+        (["--temperature", "0.2"], "--temperature: --method byol does not use it (only simclr, mocov2, swav do)"),
+        (["--negatives-temperature", "0.2"], "--negatives-temperature: it is the temperature of the contrastive term"),
+        (["--method", "swav", "--no-predictor"], "--no-predictor: --method swav does not take it (a byol ablation)"),
+        (["--method", "dino", "--negatives-beta", "1"], "--negatives-beta"),
+        (["--method", "mocov2", "--queue-size", "100"], "--method mocov2 needs a queue that is a multiple of"),
     ],
 )
 def test_an_option_the_method_would_ignore_is_refused_in_one_line(args, named, capsys):
@@ -66,8 +70,9 @@ def test_options_the_method_takes_and_options_every_method_takes_are_accepted():
         ["--method", "swav", "--queue-size", "256", "--prototypes", "100"],
         ["--method", "simclr", "--clip-grad", "1.0", "--norm", "group-ws"],  # every method honours these
         ["--method", "mocov2", "--temperature", "0.5"],
-        ["--negatives-beta", "0.5", "--temperature", "0.2"],
-    ):  # byol's contrastive ablation
+        ["--negatives-beta", "0.5", "--negatives-temperature", "0.2"],  # byol's contrastive ablation
+        ["--method", "dino", "--student-temperature", "0.2", "--bottleneck-dim", "32"],
+    ):
         config_from_args(build_parser().parse_args(["train", "--preset", "smoke", *args]))
     # a preset's or file's values are not the user's request: only the command line is checked
     assert config_from_args(build_parser().parse_args(["train", "--preset", "ablate-cpu", "--method", "vicreg"]))

@@ -8,31 +8,19 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from byol.data.datasets import BatchStream, ImageDataset
+from byol.data.datasets import BatchStream
 from byol.models import syncbn
 from byol.models.syncbn import convert_sync_batchnorm
 from byol.probes.features import extract_features
 from byol.probes.protocols import knn_predict_many, linear_probe
 from byol.runtime import distributed
-from byol.runtime.device import Runtime
-from byol.runtime.distributed import Context
 from byol.training.config import resolve
-from byol.training.trainer import Schedule, Trainer, build_learner, optimizer_for, training_step
+from byol.training.trainer import Trainer, build_learner, optimizer_for, training_step
+from tests.conftest import SMALL_STEP, make_trainer
 
 pytestmark = pytest.mark.cuda
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
-SMALL = dict(
-    width=0.25,
-    projection_dim=32,
-    projector_hidden_dim=64,
-    predictor_hidden_dim=64,
-    batch_size=32,
-    epochs=2,
-    warmup_epochs=0.5,
-    lr=0.3,
-    base_tau=0.97,
-    knn_every=0,
-)
+SMALL = {**SMALL_STEP, "epochs": 2}
 
 
 class FixedViews(torch.nn.Module):
@@ -99,23 +87,7 @@ def test_two_fp32_steps_on_cuda_are_as_accurate_as_the_cpus():
 
 
 def cuda_trainer(precision: str, channels: int = 1) -> tuple[Trainer, BatchStream]:
-    cfg = resolve(overrides={**SMALL, "device": "cuda", "precision": precision})
-    generator = torch.Generator().manual_seed(1)
-    dataset = ImageDataset(
-        "toy",
-        channels,
-        28,
-        (0.5,) * channels,
-        (0.25,) * channels,
-        images=images(128, channels),
-        labels=torch.randint(0, 4, (128,), generator=generator),
-        classes=list("abcd"),
-    )
-    runtime = Runtime.resolve(CUDA, precision, None)
-    runtime.prepare()
-    stream = BatchStream(dataset, cfg.batch_size, device=CUDA)
-    torch.manual_seed(0)
-    return Trainer(cfg, dataset, 28, runtime, Context(), Schedule.for_run(cfg, len(stream))), stream
+    return make_trainer(CUDA, precision, channels, epochs=2)
 
 
 @pytest.mark.parametrize("channels", [1, 3])  # grayscale runs on colour images only (it once waited, twice a step)

@@ -229,10 +229,16 @@ FENCE = object()
 @functools.cache
 def parse_doc(path: Path) -> tuple[list[Item], list[Marker], list[str]]:
     doc = path.relative_to(ROOT).as_posix()
-    lines = path.read_text().splitlines()
     items, markers, problems = [], [], []
-    prose: list = []  # lines outside fences as (number, text); None (a blank line) or FENCE ends a paragraph
+    prose = parse_fences(doc, path.read_text().splitlines(), items, markers, problems)
+    parse_prose(doc, paragraphs_of(prose), items, markers, problems)
+    return items, markers, problems
 
+
+def parse_fences(doc: str, lines: list[str], items: list, markers: list, problems: list[str]) -> list:
+    """The fenced blocks' items and markers, into `items` and `markers`; returns the lines outside fences as
+    (number, text), None for a blank line and FENCE for a block, both of which end a paragraph."""
+    prose: list = []
     index = 0
     while index < len(lines):
         opened = FENCE_OPEN.match(lines[index])
@@ -263,7 +269,10 @@ def parse_doc(path: Path) -> tuple[list[Item], list[Marker], list[str]]:
         items += block
         prose.append(FENCE)
         index = end + 1
+    return prose
 
+
+def paragraphs_of(prose: list) -> list:
     paragraphs, current = [], []
     for entry in [*prose, None]:
         if entry is None or entry is FENCE:
@@ -274,6 +283,11 @@ def parse_doc(path: Path) -> tuple[list[Item], list[Marker], list[str]]:
             current = []
         else:
             current.append(entry)
+    return paragraphs
+
+
+def parse_prose(doc: str, paragraphs: list, items: list, markers: list, problems: list[str]) -> None:
+    """The command spans of each paragraph and the markers that cover them, into `items` and `markers`."""
     previous: list[Item] = []
     for paragraph in paragraphs:
         if paragraph is FENCE:  # a marker below a block is not the paragraph above the block's
@@ -297,7 +311,6 @@ def parse_doc(path: Path) -> tuple[list[Item], list[Marker], list[str]]:
                 if item.marker is None and marker.covers(item.text):
                     item.marker = marker
                     marker.covered.append(item)
-    return items, markers, problems
 
 
 def all_items() -> list[Item]:
@@ -698,3 +711,16 @@ def test_marked_python_compiles():
     for item in all_items():
         if item.marker and item.marker.verb == "not run" and item.kind in ("python", "span-python"):
             compile(item.text, item.id, "exec")
+
+
+def test_files_the_docs_name_exist():
+    # a path in backticks that starts at a top folder of the repository: moved files leave no stale pointers
+    named = re.compile(r"`((?:byol|tests|benchmarks|scripts|docs|\.ci)/[\w./-]*\w)`")
+    missing = [
+        f"{doc.relative_to(ROOT)}:{number}: {path}"
+        for doc in DOCS
+        for number, line in enumerate(doc.read_text().splitlines(), 1)
+        for path in named.findall(line)
+        if not (ROOT / path).exists()
+    ]
+    assert not missing, "\n".join(missing)

@@ -12,9 +12,10 @@ Policies (the paper's networks and target update; docs/method.md):
 - Each view goes through the networks separately, so batch-norm statistics are per view.
 
 Ablation switches (the paper's ablations): `predictor=False` makes q the identity; `negatives_beta` adds
-the appendix's contrastive term; `norm="group-ws"` uses GroupNorm + Weight Standardization in the
-heads (the backbone takes its own `norm`). τ is the caller's: 0 makes the target the online network
-under stop-gradient, 1 keeps the initial random target.
+the appendix's contrastive term, at temperature `negatives_temperature` (the appendix's α);
+`norm="group-ws"` uses GroupNorm + Weight Standardization in the heads (the backbone takes its own `norm`).
+τ is the caller's: 0 makes the target the online network under stop-gradient, 1 keeps the initial random
+target.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class BYOL(MomentumLearner):
     `learner.online_encoder` is the network to keep after training.
     """
 
+    ablations = ("predictor", "negatives_beta")
+    renamed_options = {"temperature": "negatives_temperature"}
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -47,19 +51,25 @@ class BYOL(MomentumLearner):
         input_shape: tuple[int, int, int] | None = None,
         predictor: bool = True,
         negatives_beta: float = 0.0,
-        temperature: float = 0.1,
+        negatives_temperature: float = 0.1,
         norm: str = "batch",
     ):
         super().__init__()
         feature_dim = self.attach_encoder(backbone, feature_dim, input_shape)
         self.projection_dim = projection_dim
         self.negatives_beta = negatives_beta
-        self.temperature = temperature
+        self.negatives_temperature = negatives_temperature
         self.online_projector = MLPHead(feature_dim, projector_hidden_dim, projection_dim, norm)
         self.predictor = (
             MLPHead(projection_dim, predictor_hidden_dim, projection_dim, norm) if predictor else nn.Identity()
         )
         self.attach_target()
+
+    @classmethod
+    def config_problem(cls, config, given=()) -> str | None:
+        if "negatives_temperature" in given and not config.negatives_beta:
+            return "--negatives-temperature: it is the temperature of the contrastive term --negatives-beta turns on"
+        return super().config_problem(config, given)
 
     def online(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(representation y, projection, prediction p) of the online network for one view."""
@@ -90,8 +100,8 @@ class BYOL(MomentumLearner):
             # Negatives come from the whole global batch when the batch is split over ranks.
             (all_z1, offset), (all_z2, _) = gather(z1), gather(z2)
             per_sample = per_sample + self.negatives_beta * (
-                negatives_term(p1, all_z1, all_z2, self.temperature, offset)
-                + negatives_term(p2, all_z2, all_z1, self.temperature, offset)
+                negatives_term(p1, all_z1, all_z2, self.negatives_temperature, offset)
+                + negatives_term(p2, all_z2, all_z1, self.negatives_temperature, offset)
             )
         loss = per_sample.mean()
         if return_outputs:

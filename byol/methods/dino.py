@@ -21,15 +21,16 @@ from byol.runtime.distributed import all_reduce_sum, rank_and_world
 
 class DINO(MomentumLearner):
     accepts_local_views = True
+    renamed_options = {"projection_dim": "bottleneck_dim", "temperature": "student_temperature"}
 
     def __init__(
         self,
         backbone: nn.Module,
         feature_dim: int | None = None,
-        projection_dim: int = 256,
+        bottleneck_dim: int = 256,
         projector_hidden_dim: int = 2048,
         prototypes: int = 65536,
-        temperature: float = 0.1,
+        student_temperature: float = 0.1,
         teacher_temperature: float = 0.04,
         teacher_temperature_start: float = 0.04,
         teacher_temperature_epochs: float = 0,
@@ -39,10 +40,10 @@ class DINO(MomentumLearner):
     ):
         super().__init__()
         feature_dim = self.attach_encoder(backbone, feature_dim)
-        self.projection_dim, self.temperature = projection_dim, temperature
+        self.bottleneck_dim, self.student_temperature = bottleneck_dim, student_temperature
         self.teacher_temperatures = (teacher_temperature_start, teacher_temperature, teacher_temperature_epochs)
         self.center_momentum, self.clip_grad, self.freeze_epochs = center_momentum, clip_grad, freeze_head_epochs
-        self.online_projector = DINOHead(feature_dim, projector_hidden_dim, projection_dim, prototypes)
+        self.online_projector = DINOHead(feature_dim, projector_hidden_dim, bottleneck_dim, prototypes)
         self.attach_target()
         self.register_buffer("center", torch.zeros(1, prototypes))  # the same on every rank; checkpointed
 
@@ -69,7 +70,7 @@ class DINO(MomentumLearner):
             list(logits.chunk(len(views))),
             list(teacher.chunk(2)),
             self.center,
-            self.temperature,
+            self.student_temperature,
             self.teacher_temperature(),
         )
         if self.updating_state():

@@ -4,7 +4,7 @@
     learner.set_progress(step, epoch)               # before each step's forward; epoch is fractional
     learner.before_optimizer_step()                 # after backward (gradients unscaled), before the step
     learner.update_target(tau)                      # after the optimizer step; a no-op without a target
-    learner.online_encoder, learner.feature_dim, learner.projection_dim
+    learner.online_encoder, learner.feature_dim
     learner.clip_grad, learner.rank_local_state     # gradient clipping; per-rank state the checkpoint gathers
     learner.graph_problem, learner.graph_key()      # whether and when --cuda-graphs may replay the forward
 
@@ -54,6 +54,19 @@ class Learner(nn.Module):
     rank_local_state: tuple[str, ...] = ()
     # why a CUDA graph could not replay the forward (graphs.py), e.g. it changes Python state; None: it can
     graph_problem: str | None = None
+    # options that switch part of this method off (the paper's ablations); other methods refuse them
+    ablations: tuple[str, ...] = ()
+    # an option's earlier name → its name now, for config files written before the rename
+    renamed_options: dict[str, str] = {}
+
+    @classmethod
+    def config_problem(cls, config, given: tuple[str, ...] = ()) -> str | None:
+        """What this method refuses in a resolved TrainConfig, as a one-line error naming the option, or None;
+        `given`: the options named on the command line. Which options it takes is its constructor's keywords
+        (methods.model_defaults); the ablations of other methods are refused by TrainConfig.validate."""
+        if config.local_crops and not cls.accepts_local_views:
+            return f"--local-crops {config.local_crops}: --method {config.method} takes no local crops"
+        return None
 
     def __init__(self):
         super().__init__()

@@ -38,6 +38,15 @@ class MoCo(MomentumLearner):
         self.register_buffer("queue", F.normalize(torch.randn(projection_dim, queue_size), dim=0))
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
 
+    @classmethod
+    def config_problem(cls, config, given=()) -> str | None:
+        if not config.queue_size or config.queue_size % config.batch_size:
+            return (
+                f"--queue-size {config.queue_size}: --method mocov2 needs a queue that is a multiple of "
+                f"--batch-size {config.batch_size}"
+            )
+        return super().config_problem(config, given)
+
     def forward(
         self, view1: torch.Tensor, view2: torch.Tensor, *local_views: torch.Tensor, return_outputs: bool = False
     ):

@@ -38,24 +38,23 @@ class SafeConv2d(nn.Conv2d):
         return conv2d(x, self.weight, self.bias, self)
 
 
+def conv_like(
+    conv: nn.Conv2d, cls: type = nn.Conv2d, in_channels: int | None = None, initialise: bool = True
+) -> nn.Conv2d:
+    """A new `cls` with `conv`'s kernel, stride, padding, dilation, groups, bias and padding mode, and its own
+    parameters; `initialise=False` leaves them uninitialised, drawing no random numbers."""
+    shape = (in_channels or conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
+    args = (*shape, conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+    return cls(*args) if initialise else nn.utils.skip_init(cls, *args)
+
+
 def make_convs_safe_(module: nn.Module) -> nn.Module:
     """Every plain narrow strided 1×1 nn.Conv2d in `module` becomes a SafeConv2d with the same parameters; in place."""
     for name, child in module.named_children():
         narrow = child.in_channels < NARROW_CHANNELS if isinstance(child, nn.Conv2d) else False
         if type(child) is nn.Conv2d and narrow and child.kernel_size == (1, 1) and child.stride != (1, 1):
             # skip_init: no initialisation of its own, which would draw random numbers and shift every later layer's
-            safe = nn.utils.skip_init(
-                SafeConv2d,
-                child.in_channels,
-                child.out_channels,
-                1,
-                child.stride,
-                child.padding,
-                child.dilation,
-                child.groups,
-                child.bias is not None,
-                child.padding_mode,
-            )
+            safe = conv_like(child, SafeConv2d, initialise=False)
             safe.weight, safe.bias = child.weight, child.bias
             setattr(module, name, safe)
         else:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from byol.models.conv import conv2d
+from byol.models.conv import conv2d, conv_like
 
 NORMS = ("batch", "group-ws")
 # 16 divides the channel count of every stage down to quarter width (16 channels in the stem).
@@ -46,17 +46,7 @@ def weight_standardize_(module: nn.Module) -> nn.Module:
     """Swap every Conv2d in `module` for a WSConv2d holding the same parameters; in place."""
     for name, child in module.named_children():
         if type(child) is nn.Conv2d:
-            ws = WSConv2d(
-                child.in_channels,
-                child.out_channels,
-                child.kernel_size,
-                child.stride,
-                child.padding,
-                child.dilation,
-                child.groups,
-                child.bias is not None,
-                child.padding_mode,
-            )
+            ws = conv_like(child, WSConv2d)
             ws.weight = child.weight
             ws.bias = child.bias
             setattr(module, name, ws)

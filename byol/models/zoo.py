@@ -21,6 +21,8 @@ import inspect
 
 from torch import nn
 
+from byol.models.conv import conv_like
+
 PREFIXES = ("torchvision:", "timm:")
 MIN_PATCHES_PER_SIDE = 8
 # torchvision builders whose defaults return auxiliary outputs in training mode
@@ -120,21 +122,7 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for module in model.modules():
         for attribute, child in module.named_children():
             if isinstance(child, nn.Conv2d):
-                setattr(
-                    module,
-                    attribute,
-                    nn.Conv2d(
-                        in_channels,
-                        child.out_channels,
-                        child.kernel_size,
-                        child.stride,
-                        child.padding,
-                        child.dilation,
-                        child.groups,
-                        child.bias is not None,
-                        child.padding_mode,
-                    ),
-                )
+                setattr(module, attribute, conv_like(child, in_channels=in_channels))
                 return
 
 

@@ -8,8 +8,10 @@ all derived from these fields; adding an option is one `option(...)` line plus i
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -176,10 +178,11 @@ class TrainConfig:
     negatives_beta: float = option(
         0.0, "weight β of the appendix's contrastive term (0: BYOL)", check=non_negative, metavar="B"
     )
+    negatives_temperature: float = option(
+        0.1, "temperature α of the contrastive term --negatives-beta adds (byol)", check=positive, metavar="A"
+    )
     temperature: float = option(
-        0.1,
-        "α of BYOL's negatives term; the contrastive or student temperature of simclr, mocov2, swav, dino",
-        check=positive,
+        0.1, "softmax temperature of the loss: simclr's and mocov2's InfoNCE, swav's swapped prediction", check=positive
     )
     norm: str = option(
         "batch", "batch norm, or group-ws: GroupNorm + Weight Standardization in encoder and heads", choices=NORMS
@@ -197,6 +200,7 @@ class TrainConfig:
     freeze_head_epochs: float = option(
         0.0, "swav: prototypes, dino: the head's last layer, frozen this long", check=non_negative, metavar="EPOCHS"
     )
+    student_temperature: float = option(0.1, "dino: the student's softmax temperature", check=positive)
     teacher_temperature: float = option(0.04, "dino: the teacher's temperature after its warm-up", check=positive)
     teacher_temperature_start: float = option(0.04, "dino: the teacher's temperature at epoch 0", check=positive)
     teacher_temperature_epochs: float = option(
@@ -224,7 +228,12 @@ class TrainConfig:
         "cifar-pool adds a 2×2 max-pool, 4× cheaper",
         choices=STEMS,
     )
-    projection_dim: int = option(256, "output size of projector and predictor", check=positive)
+    projection_dim: int = option(
+        256,
+        "size of the projection (and of byol's and simsiam's prediction; swav: before the prototypes)",
+        check=positive,
+    )
+    bottleneck_dim: int = option(256, "dino: the head's bottleneck, before its prototype layer", check=positive)
     projector_hidden_dim: int = option(4096, "hidden size of the projector", check=positive)
     predictor_hidden_dim: int = option(4096, "hidden size of the predictor", check=positive)
     # optimisation
@@ -336,22 +345,9 @@ class TrainConfig:
         problem = backbone_problem(self.backbone, self.width, self.stem, self.norm)
         if problem:
             raise UserError(f"--backbone {self.backbone}: {problem}")
-        if self.method != "byol" and (not self.predictor or self.negatives_beta):
-            raise UserError(
-                f"--method {self.method}: --no-predictor and --negatives-beta are BYOL ablations; use them "
-                "with --method byol"
-            )
-        if self.local_crops and not METHODS[self.method].accepts_local_views:
-            takers = [name for name, cls in METHODS.items() if cls.accepts_local_views]
-            raise UserError(
-                f"--local-crops {self.local_crops}: --method {self.method} takes no local crops (only "
-                f"{', '.join(takers)})"
-            )
-        if self.method == "mocov2" and (not self.queue_size or self.queue_size % self.batch_size):
-            raise UserError(
-                f"--queue-size {self.queue_size}: --method mocov2 needs a queue that is a multiple of "
-                f"--batch-size {self.batch_size}"
-            )
+        problem = foreign_ablation(self) or METHODS[self.method].config_problem(self)
+        if problem:
+            raise UserError(problem)
         if self.cuda_graphs and self.device.split(":")[0] in ("cpu", "mps"):
             raise UserError(f"--cuda-graphs: CUDA graphs need a CUDA device, not --device {self.device}")
         if self.subset is not None and self.subset < self.batch_size:
@@ -378,6 +374,18 @@ def split_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def foreign_ablation(config: TrainConfig) -> str | None:
+    """Another method's ablation switch (BYOL's --no-predictor, ...) moved from its default, or None."""
+    takes = set(model_defaults(config.method))
+    for owner, cls in METHODS.items():
+        for name in cls.ablations:
+            value = getattr(config, name)
+            if name not in takes and value != FIELDS[name].default:
+                shown = f"--no-{name.replace('_', '-')}" if value is False else f"{flag(name)} {value}"
+                return f"{shown}: --method {config.method} does not take it (a {owner} ablation)"
+    return None
+
+
 def field_problem(field: dataclasses.Field, value) -> str | None:
     """What is wrong with `value` for this field (not finite, not a choice, its check), or None."""
     if value is None:
@@ -399,13 +407,15 @@ def check_options(values: dict) -> None:
             raise UserError(f"{flag(name)}: {problem}")
 
 
-def _coerce(name: str, value, source: str):
-    """YAML gives ints for floats and strings for everything on the command line: convert, or say which key."""
+def read_value(name: str, value):
+    """Option `name`'s value from YAML (ints for floats, lists for pairs) or from the command line's text: the
+    one reader of both. Raises ValueError saying what is wrong."""
     kind = FIELDS[name].type
     if value is None:
         if "None" in kind:
             return None
-        raise UserError(f"{source}: '{name}' needs a value (an empty YAML key is null)")
+        raise ValueError("needs a value (an empty YAML key is null)")
+    expected = f"must be {kind.split(' |')[0]}, got {value!r}"
     try:
         if kind.startswith("tuple"):  # two numbers: a YAML list or the command line's two values
             if isinstance(value, str):
@@ -423,14 +433,44 @@ def _coerce(name: str, value, source: str):
         if "float" in kind:
             return float(value)
         if "int" in kind:
-            if isinstance(value, float) and not value.is_integer():
+            number = float(value) if isinstance(value, str) and not value.strip().lstrip("+-").isdigit() else value
+            if isinstance(number, float) and not number.is_integer():
                 raise ValueError(value)
-            return int(value)
+            return int(number)
         if isinstance(value, (list, tuple)):  # YAML lists for comma-list options such as aug_remove
             return ",".join(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError):
-        raise UserError(f"{source}: '{name}' must be {kind.split(' |')[0]}, got {value!r}") from None
+        raise ValueError(expected) from None
+
+
+def command_line_reader(name: str):
+    """argparse's `type` for option `name`: `read_value`, with its complaint as argparse's one-line error."""
+
+    def read(text: str):
+        try:
+            return read_value(name, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return read
+
+
+def with_new_names(values: dict, method, source: str | None = None) -> dict:
+    """`values` with the method's renamed options (`renamed_options`) under their names now, when the layer
+    names that method itself (a preset is shared by every method, so its keys keep their meaning). With a
+    `source`, each rename read is announced in one line on stderr."""
+    renames = METHODS[method].renamed_options if isinstance(method, str) and method in METHODS else {}
+    values = dict(values)
+    for old, new in renames.items():
+        if old in values and new not in values:
+            values[new] = values.pop(old)
+            if source:
+                print(
+                    f"byol: warning: {source}: '{old}' of --method {method} is now '{new}' ({flag(new)}); read as that",
+                    file=sys.stderr,
+                )
+    return values
 
 
 def merge(config: TrainConfig, values: dict, source: str) -> TrainConfig:
@@ -438,7 +478,12 @@ def merge(config: TrainConfig, values: dict, source: str) -> TrainConfig:
     if unknown:
         shown = [k if k.isprintable() and k.strip() == k and k else repr(k) for k in unknown]
         raise UserError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(shown)}")
-    updates = {k: _coerce(k, v, source) for k, v in values.items()}
+    updates = {}
+    for key, value in values.items():
+        try:
+            updates[key] = read_value(key, value)
+        except ValueError as error:
+            raise UserError(f"{source}: '{key}' {error}") from None
     return dataclasses.replace(config, **updates)
 
 
@@ -487,7 +532,7 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
         recipe = {k: v for k, v in method_defaults(method).items() if k in FIELDS}
         config = merge(config, recipe, f"method {method}")
     for values, source in layers:
-        config = merge(config, values, source)
+        config = merge(config, with_new_names(values, values.get("method"), source), source)
     return config.validate()
 
 
@@ -509,16 +554,15 @@ def check_method_takes(config: TrainConfig, given: list[str]) -> None:
     for name in given:
         if name in users and method not in users[name]:
             raise UserError(f"{flag(name)}: --method {method} does not use it (only {', '.join(users[name])} do)")
-    if method == "byol" and "temperature" in given and not config.negatives_beta:
-        raise UserError(
-            "--temperature: --method byol uses it only in the appendix's contrastive term, which "
-            "--negatives-beta turns on"
-        )
+    problem = METHODS[method].config_problem(config, tuple(given))
+    if problem:
+        raise UserError(problem)
 
 
 def changed_trajectory_keys(saved: dict, config: TrainConfig) -> list[str]:
     """Options that change what a run learns and differ between a checkpoint's config and this one.
-    A key added since the checkpoint was written had its default then."""
+    A key added since the checkpoint was written had its default then; a renamed one is read by its new name."""
+    saved = with_new_names(saved, saved.get("method"))
     defaults = TrainConfig()
     return [k for k in TRAJECTORY_KEYS if saved.get(k, getattr(defaults, k)) != getattr(config, k)]
 

@@ -14,9 +14,9 @@ from byol.data import folders
 from byol.data.datasets import BatchStream, load_folder
 from byol.data.folders import DecodedCache, decode_image, scan_images
 from byol.evaluation.report import evaluate_encoder
-from byol.models.backbones import build_backbone
 from byol.runtime.checkpoint import EncoderInfo, save_weights
 from byol.runtime.errors import UserError
+from tests.conftest import TINY_NETWORK, command_line, tiny_resnet
 
 COLOURS = {"apple": (220, 30, 30), "banana": (230, 220, 40), "cherry": (120, 0, 40), "grape": (90, 40, 160)}
 
@@ -69,7 +69,7 @@ def test_eval_scores_a_test_split_that_lacks_a_class_correctly(tmp_path):
     make_split(tmp_path / "data" / "train", ["apple", "banana", "cherry", "grape"])
     make_split(tmp_path / "data" / "test", ["banana", "cherry", "grape"], per_class=3)
     (tmp_path / "data" / "train" / "empty").mkdir()  # an empty class folder is no class
-    encoder = build_backbone("resnet18", width=0.125, image_size=16)
+    encoder = tiny_resnet()
     info = EncoderInfo("resnet18", 0.125, 3, 16, encoder.feature_dim, "folder", (0.5,) * 3, (0.25,) * 3)
     save_weights(tmp_path / "encoder.safetensors", encoder.state_dict(), info.to_metadata())
     report = evaluate_encoder(
@@ -190,14 +190,7 @@ def test_training_with_the_cache_from_the_cli(tmp_path):
         str(tmp_path / "images"),
         "--image-size",
         "16",
-        "--width",
-        "0.125",
-        "--projection-dim",
-        "16",
-        "--projector-hidden-dim",
-        "32",
-        "--predictor-hidden-dim",
-        "32",
+        *command_line(TINY_NETWORK),
         "--batch-size",
         "8",
         "--epochs",
@@ -228,16 +221,7 @@ def test_eval_and_embed_of_a_folder_run_use_the_data_it_recorded_and_name_it_whe
 
     make_split(tmp_path / "images" / "train", ["apple", "banana"], per_class=8)
     make_split(tmp_path / "images" / "test", ["apple", "banana"], per_class=3)
-    tiny = [
-        "--width",
-        "0.125",
-        "--projection-dim",
-        "16",
-        "--projector-hidden-dim",
-        "32",
-        "--predictor-hidden-dim",
-        "32",
-    ]
+    tiny = command_line(TINY_NETWORK)
     run = str(tmp_path / "run")
     trained = main(
         ["train", "--dataset", "folder", "--data", str(tmp_path / "images"), "--image-size", "16", *tiny]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from byol.evaluation.export import read_encoder as load_encoder
 from byol.training.config import resolve
 from byol.training.run import train
-from tests.training.test_run import TINY
+from tests.conftest import TINY_RUN
 
 
 def cli(*args):
@@ -35,7 +35,7 @@ def trained_run(tmp_path_factory):
     data = make_fashion_like(root / "data", train=256, test=128)
     cfg = resolve(
         overrides={
-            **TINY,
+            **TINY_RUN,
             "subset": None,
             "data": str(data),
             "out": str(root / "run"),
@@ -172,7 +172,7 @@ def test_export_and_embed(trained_run, tmp_path):
 
 
 def test_online_probe_and_knn_monitor_do_not_change_the_representation(tmp_path, fashion_dir):
-    base = {**TINY, "data": str(fashion_dir), "epochs": 1}
+    base = {**TINY_RUN, "data": str(fashion_dir), "epochs": 1}
     with_monitor = resolve(overrides={**base, "out": str(tmp_path / "a"), "knn_bank": 100, "knn_test": 50})
     without = resolve(overrides={**base, "out": str(tmp_path / "b"), "online_probe": False, "knn_every": 0})
     train(with_monitor, quiet=True)

@@ -3,11 +3,12 @@ import copy
 import torch
 from torch import nn
 
-from byol import BYOL, build_backbone
+from byol import BYOL
+from tests.conftest import tiny_resnet
 
 
 def tiny_learner(**kwargs):
-    backbone = build_backbone("resnet18", width=0.125, image_size=16, in_channels=3)
+    backbone = tiny_resnet(in_channels=3)
     return BYOL(backbone, projection_dim=8, projector_hidden_dim=16, predictor_hidden_dim=16, **kwargs)
 
 
@@ -23,7 +24,7 @@ def test_feature_dim_inferred_by_dry_run_for_any_backbone():
 
 
 def test_dry_run_leaves_batch_norm_statistics_alone():
-    backbone = build_backbone("resnet18", width=0.125, image_size=16)
+    backbone = tiny_resnet()
     before = copy.deepcopy(backbone.state_dict())
     BYOL(backbone, projector_hidden_dim=8, predictor_hidden_dim=8)
     after = backbone.state_dict()

@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from byol import DINO, BarlowTwins, MoCo, SwAV, VICReg, build_backbone, build_method
+from byol import DINO, BarlowTwins, MoCo, SwAV, VICReg, build_method
 from byol.data.augment import MultiCropAugment
+from tests.conftest import tiny_resnet
 
 
 def backbone():
-    return build_backbone("resnet18", width=0.125, image_size=16)
+    return tiny_resnet()
 
 
 def crops(batch=8, local=0, seed=3):
@@ -35,7 +36,7 @@ def step(learner, views, lr=0.1):
 SMALL = {
     "mocov2": dict(projection_dim=16, projector_hidden_dim=32, queue_size=32),
     "swav": dict(projection_dim=16, projector_hidden_dim=32, prototypes=20),
-    "dino": dict(projection_dim=16, projector_hidden_dim=32, prototypes=40),
+    "dino": dict(bottleneck_dim=16, projector_hidden_dim=32, prototypes=40),
     "barlowtwins": dict(projection_dim=32, projector_hidden_dim=32),
     "vicreg": dict(projection_dim=32, projector_hidden_dim=32),
 }
@@ -105,9 +106,7 @@ def test_swav_prototypes_are_unit_norm_frozen_then_trained_and_the_queue_waits_u
     learner = SwAV(
         backbone(),
         64,
-        projection_dim=16,
-        projector_hidden_dim=32,
-        prototypes=20,
+        **SMALL["swav"],
         queue_size=16,
         queue_start_epoch=1,
         freeze_head_epochs=1,
@@ -166,9 +165,7 @@ def test_dino_centre_teacher_temperature_freeze_and_clipping():
     learner = DINO(
         backbone(),
         64,
-        projection_dim=16,
-        projector_hidden_dim=32,
-        prototypes=40,
+        **SMALL["dino"],
         teacher_temperature=0.07,
         teacher_temperature_start=0.04,
         teacher_temperature_epochs=4,
@@ -224,7 +221,8 @@ class CountingEncoder(nn.Module):
 @pytest.mark.parametrize("cls", [SwAV, DINO])
 def test_multi_crop_runs_each_resolution_through_the_encoder_once(cls):
     encoder = CountingEncoder()
-    learner = cls(encoder, 64, projection_dim=16, projector_hidden_dim=32, prototypes=20)
+    head_size = {"bottleneck_dim" if cls is DINO else "projection_dim": 16}
+    learner = cls(encoder, 64, **head_size, projector_hidden_dim=32, prototypes=20)
     augment = MultiCropAugment(16, (0.5,) * 3, (0.25,) * 3, local_crops=3, local_size=8)
     views = augment(torch.randint(0, 256, (4, 3, 20, 20), dtype=torch.uint8))
     assert [tuple(v.shape) for v in views] == [(4, 3, 16, 16)] * 2 + [(4, 3, 8, 8)] * 3

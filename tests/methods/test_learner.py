@@ -11,13 +11,13 @@ import torch
 from byol import BYOL, DINO, MoCo
 from byol.methods import build_method
 from byol.methods.learner import MomentumLearner
-from byol.models.backbones import build_backbone
+from tests.conftest import tiny_resnet
 
 RECORDED = json.loads((Path(__file__).parents[1] / "fixtures" / "learner_state.json").read_text())
 SMALL = {
     "mocov2": dict(projection_dim=16, projector_hidden_dim=32, queue_size=32),
     "swav": dict(projection_dim=16, projector_hidden_dim=32, prototypes=20),
-    "dino": dict(projection_dim=16, projector_hidden_dim=32, prototypes=40),
+    "dino": dict(bottleneck_dim=16, projector_hidden_dim=32, prototypes=40),
     "barlowtwins": dict(projection_dim=32, projector_hidden_dim=32),
     "vicreg": dict(projection_dim=32, projector_hidden_dim=32),
     "byol": dict(projection_dim=16, projector_hidden_dim=32, predictor_hidden_dim=32),
@@ -31,7 +31,7 @@ def test_parameter_names_shapes_and_initial_values_are_those_checkpoints_hold(na
     method, norm = name.split("-", 1)
     options = {**SMALL[method], **({"norm": norm} if norm != "batch" else {})}
     torch.manual_seed(0)
-    learner = build_method(method, build_backbone("resnet18", width=0.125, image_size=16, norm=norm), **options)
+    learner = build_method(method, tiny_resnet(norm=norm), **options)
     state = learner.state_dict()
     assert list(state) == list(RECORDED[name])  # the order too: optimizer state follows parameter order
     for key, (shape, total) in RECORDED[name].items():
@@ -40,9 +40,9 @@ def test_parameter_names_shapes_and_initial_values_are_those_checkpoints_hold(na
         assert float(state[key].double().sum()) == pytest.approx(total, abs=1e-3), key
 
 
-@pytest.mark.parametrize("cls", [BYOL, MoCo, DINO])
-def test_momentum_learners_share_one_target_and_one_update(cls):
-    learner = cls(build_backbone("resnet18", width=0.125, image_size=16), projection_dim=8, projector_hidden_dim=16)
+@pytest.mark.parametrize("method, cls", [("byol", BYOL), ("mocov2", MoCo), ("dino", DINO)])
+def test_momentum_learners_share_one_target_and_one_update(method, cls):
+    learner = build_method(method, tiny_resnet(), **SMALL[method])
     assert isinstance(learner, MomentumLearner) and learner.has_target
     assert "update_target" not in vars(cls) and "attach_target" not in vars(cls)
     assert not any(p.requires_grad for p in learner.target_parameters())

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from byol import BYOL, SimCLR, SimSiam, build_backbone, build_method, byol_loss, target_tau
+from byol import BYOL, SimCLR, SimSiam, build_method, byol_loss, target_tau
 from byol.models.norm import WSConv2d, WSLinear
+from tests.conftest import tiny_resnet
 
 
 def backbone(norm="batch"):
-    return build_backbone("resnet18", width=0.125, image_size=16, in_channels=3, norm=norm)
+    return tiny_resnet(in_channels=3, norm=norm)
 
 
 def views(batch=6, size=16):
@@ -65,7 +66,7 @@ def test_negatives_beta_adds_the_appendix_term_and_zero_is_byol():
         projector_hidden_dim=16,
         predictor_hidden_dim=16,
         negatives_beta=1.0,
-        temperature=0.2,
+        negatives_temperature=0.2,
     )
     state = copy.deepcopy(learner.state_dict())
     v1, v2 = views()

@@ -12,7 +12,7 @@ from byol.runtime.checkpoint import load_checkpoint, load_weights, save_checkpoi
 from byol.runtime.errors import UserError
 from byol.training.config import resolve
 from byol.training.run import train
-from tests.training.test_run import TINY
+from tests.conftest import TINY_RUN
 
 
 class _RunsCode:
@@ -48,7 +48,7 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path, write):
 def test_keep_last_k_checkpoints(tmp_path, fashion_dir):
     cfg = resolve(
         overrides={
-            **TINY,
+            **TINY_RUN,
             "data": str(fashion_dir),
             "out": str(tmp_path / "run"),
             "keep_checkpoints": 2,
@@ -77,7 +77,7 @@ def test_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pa
     monkeypatch.setattr(checkpoint_module.torch, "save", save)
     cfg = resolve(
         overrides={
-            **TINY,
+            **TINY_RUN,
             "data": str(fashion_dir),
             "out": str(tmp_path / "run"),
             "checkpoint_every": 2,

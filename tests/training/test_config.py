@@ -1,7 +1,19 @@
 import pytest
 
+from byol.cli import build_parser, config_from_args, main
 from byol.runtime.errors import UserError
-from byol.training.config import PRESETS, TrainConfig, merge, read_yaml, resolve, save_yaml
+from byol.training.config import (
+    PRESETS,
+    RUNTIME_ONLY,
+    TRAJECTORY_KEYS,
+    TrainConfig,
+    changed_trajectory_keys,
+    merge,
+    preset_values,
+    read_yaml,
+    resolve,
+    save_yaml,
+)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -78,69 +90,71 @@ def test_each_option_is_written_once_with_its_help_and_the_registries_choices():
     assert "unknown backbone" in FIELDS["backbone"].metadata["check"]("vgg11")
 
 
-def test_trajectory_and_runtime_keys_are_derived_from_the_fields():
-    from byol.training.config import RUNTIME_ONLY, TRAJECTORY_KEYS
+# What the hand-written lists held before the options carried this themselves, and the methods' options since.
+RUN_CHANGING_OPTIONS = {
+    "dataset",
+    "subset",
+    "image_size",
+    "crop_min_scale",
+    "aug_remove",
+    "method",
+    "predictor",
+    "negatives_beta",
+    "negatives_temperature",
+    "temperature",
+    "norm",
+    "backbone",
+    "stem",
+    "width",
+    "projection_dim",
+    "bottleneck_dim",
+    "projector_hidden_dim",
+    "predictor_hidden_dim",
+    "sync_bn",
+    "epochs",
+    "batch_size",
+    "lr",
+    "warmup_epochs",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "trust_coefficient",
+    "base_tau",
+    "precision",
+    "seed",
+    "local_crops",
+    "local_size",
+    "local_crop_scale",
+    "queue_size",
+    "queue_start_epoch",
+    "prototypes",
+    "sinkhorn_epsilon",
+    "sinkhorn_iterations",
+    "freeze_head_epochs",
+    "student_temperature",
+    "teacher_temperature",
+    "teacher_temperature_start",
+    "teacher_temperature_epochs",
+    "center_momentum",
+    "clip_grad",
+    "lambda_offdiag",
+    "sim_weight",
+    "var_weight",
+    "cov_weight",
+    "final_weight_decay",
+    "clip_lr",
+    "lr_floor",
+    "bias_lr_multiplier",
+    "final_tau",
+}
 
-    # what the hand-written lists held before the options carried this themselves, and the methods' options since
-    assert set(TRAJECTORY_KEYS) == {
-        "dataset",
-        "subset",
-        "image_size",
-        "crop_min_scale",
-        "aug_remove",
-        "method",
-        "predictor",
-        "negatives_beta",
-        "temperature",
-        "norm",
-        "backbone",
-        "stem",
-        "width",
-        "projection_dim",
-        "projector_hidden_dim",
-        "predictor_hidden_dim",
-        "sync_bn",
-        "epochs",
-        "batch_size",
-        "lr",
-        "warmup_epochs",
-        "optimizer",
-        "momentum",
-        "weight_decay",
-        "trust_coefficient",
-        "base_tau",
-        "precision",
-        "seed",
-        "local_crops",
-        "local_size",
-        "local_crop_scale",
-        "queue_size",
-        "queue_start_epoch",
-        "prototypes",
-        "sinkhorn_epsilon",
-        "sinkhorn_iterations",
-        "freeze_head_epochs",
-        "teacher_temperature",
-        "teacher_temperature_start",
-        "teacher_temperature_epochs",
-        "center_momentum",
-        "clip_grad",
-        "lambda_offdiag",
-        "sim_weight",
-        "var_weight",
-        "cov_weight",
-        "final_weight_decay",
-        "clip_lr",
-        "lr_floor",
-        "bias_lr_multiplier",
-        "final_tau",
-    }
+
+def test_trajectory_and_runtime_keys_are_derived_from_the_fields():
+    assert set(TRAJECTORY_KEYS) == RUN_CHANGING_OPTIONS
     assert set(RUNTIME_ONLY) == {"resume", "stop_after_steps"}
 
 
 def test_changed_trajectory_keys_compare_missing_keys_with_their_defaults():
-    from byol.training.config import changed_trajectory_keys
-
     cfg = TrainConfig()
     saved = {k: v for k, v in cfg.to_dict().items() if k != "stem"}  # a checkpoint from before --stem existed
     assert changed_trajectory_keys(saved, cfg) == []
@@ -160,3 +174,61 @@ def test_options_checked_outside_a_config_name_the_option(values, named):
 
     with pytest.raises(UserError, match=named):
         check_options(values)
+
+
+def test_a_method_s_renamed_option_is_read_under_its_new_name_with_one_line(tmp_path, capsys):
+    # a run folder written before the renames: DINO's bottleneck was projection_dim, its student's temperature
+    # was temperature
+    old = tmp_path / "config.yaml"
+    old.write_text("method: dino\nprojection_dim: 32\ntemperature: 0.2\n")
+    cfg = resolve(config_file=str(old))
+    assert (cfg.bottleneck_dim, cfg.student_temperature) == (32, 0.2)
+    assert (cfg.projection_dim, cfg.temperature) == (TrainConfig().projection_dim, TrainConfig().temperature)
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 2 and all(str(old) in line for line in warnings)
+    assert "'projection_dim' of --method dino is now 'bottleneck_dim'" in warnings[0]
+    # a preset holds options for every method: its projection_dim stays the projection's size
+    preset = preset_values("smoke")
+    cfg = resolve("smoke", overrides={"method": "dino"})
+    assert (cfg.projection_dim, cfg.bottleneck_dim) == (preset["projection_dim"], preset["bottleneck_dim"])
+    assert cfg.student_temperature == TrainConfig().student_temperature and capsys.readouterr().err == ""
+    # a file written since holds both names, and the new one is read
+    save_yaml(resolve(overrides={"method": "dino", "student_temperature": 0.3}), tmp_path / "new.yaml")
+    assert resolve(config_file=str(tmp_path / "new.yaml")).student_temperature == 0.3
+    assert capsys.readouterr().err == ""
+
+
+def test_a_checkpoint_written_before_a_rename_compares_under_the_new_name():
+    cfg = resolve(overrides={"method": "dino", "student_temperature": 0.2})
+    old = {**cfg.to_dict(), "temperature": 0.2}
+    del old["student_temperature"]
+    assert changed_trajectory_keys(old, cfg) == []
+    assert changed_trajectory_keys({**old, "temperature": 0.3}, cfg) == ["student_temperature"]
+
+
+@pytest.mark.parametrize(
+    "name, text, read",
+    [
+        ("batch_size", "64", 64),
+        ("batch_size", "64.0", 64),
+        ("batch_size", "1e2", 100),
+        ("batch_size", "2.5", None),
+        ("lr", "3e-4", 3e-4),
+        ("lr", "fast", None),
+        ("subset", "100", 100),
+    ],
+)
+def test_the_command_line_and_a_yaml_file_read_an_option_the_same_way(tmp_path, capsys, name, text, read):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{name}: {text}\n")
+    command = ["train", "--preset", "smoke", f"--{name.replace('_', '-')}", text]
+    if read is not None:
+        given = config_from_args(build_parser().parse_args(command))
+        assert getattr(resolve("smoke", str(path)), name) == getattr(given, name) == read
+        return
+    with pytest.raises(UserError, match=f"'{name}' must be"):
+        resolve("smoke", str(path))
+    with pytest.raises(SystemExit) as refused:
+        main(command)
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and error.count("\n") == 1 and f"--{name.replace('_', '-')}: must be" in error

@@ -11,62 +11,27 @@ from torch import nn
 from byol import DINO, SwAV
 from byol.bench import bench
 from byol.data.augment import BYOLAugment
-from byol.data.datasets import BatchStream, ImageDataset
+from byol.data.datasets import BatchStream
 from byol.runtime.device import Runtime
 from byol.runtime.distributed import Context
 from byol.runtime.errors import UserError
 from byol.training.config import resolve
 from byol.training.graphs import GraphedStep
 from byol.training.trainer import Schedule, Trainer
+from tests.conftest import SMALL_STEP, make_trainer, toy_dataset
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
-SMALL = dict(
-    width=0.25,
-    projection_dim=32,
-    projector_hidden_dim=64,
-    predictor_hidden_dim=64,
-    batch_size=32,
-    epochs=3,
-    warmup_epochs=0.5,
-    lr=0.3,
-    base_tau=0.97,
-    knn_every=0,
-)
 
 
 def tiny_backbone():
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-def toy_dataset(channels: int = 1, n: int = 128) -> ImageDataset:
-    generator = torch.Generator().manual_seed(1)
-    return ImageDataset(
-        "toy",
-        channels,
-        28,
-        (0.5,) * channels,
-        (0.25,) * channels,
-        images=torch.randint(0, 256, (n, channels, 28, 28), dtype=torch.uint8, generator=generator),
-        labels=torch.randint(0, 4, (n,), generator=generator),
-        classes=list("abcd"),
-    )
-
-
-def make_trainer(device: torch.device, precision: str, channels: int = 1, **overrides) -> tuple[Trainer, BatchStream]:
-    cfg = resolve(overrides={**SMALL, "device": device.type, "precision": precision, **overrides})
-    dataset = toy_dataset(channels)
-    runtime = Runtime.resolve(device, precision, None)
-    runtime.prepare()
-    stream = BatchStream(dataset, cfg.batch_size, device=device)
-    torch.manual_seed(0)
-    return Trainer(cfg, dataset, 28, runtime, Context(), Schedule.for_run(cfg, len(stream))), stream
-
-
 def test_cuda_graphs_on_the_cpu_are_refused_naming_the_option():
     with pytest.raises(UserError, match="--cuda-graphs: CUDA graphs need a CUDA device, not --device cpu"):
         resolve(overrides={"cuda_graphs": True, "device": "cpu"})
     # --device auto that lands on the CPU: the trainer knows, and says so
-    cfg = resolve(overrides={**SMALL, "cuda_graphs": True})
+    cfg = resolve(overrides={**SMALL_STEP, "cuda_graphs": True})
     runtime = Runtime.resolve(CPU, "fp32", None)
     with pytest.raises(UserError, match="--cuda-graphs: CUDA graphs need a CUDA device; this run is on cpu"):
         Trainer(cfg, toy_dataset(), 28, runtime, Context(), Schedule.for_run(cfg, 4))
@@ -133,7 +98,7 @@ def test_warm_up_then_one_capture_then_replays_and_a_new_capture_per_teacher_tem
     fake = FakeCuda(monkeypatch)
     learner = DINO(
         tiny_backbone(),
-        projection_dim=8,
+        bottleneck_dim=8,
         projector_hidden_dim=16,
         prototypes=10,
         teacher_temperature_start=0.04,
@@ -226,7 +191,7 @@ def test_replayed_steps_never_wait_for_the_device_and_stay_finite(precision):
 def test_dino_is_captured_again_when_its_teacher_temperature_changes():
     overrides = dict(
         method="dino",
-        projection_dim=16,
+        bottleneck_dim=16,
         projector_hidden_dim=32,
         prototypes=40,
         teacher_temperature_start=0.04,

@@ -2,6 +2,7 @@ import torch
 from torch import nn
 
 from byol import LARS, lars_param_groups
+from tests.conftest import tiny_resnet
 
 
 def small_net():
@@ -90,11 +91,11 @@ def per_parameter_lars_step(
 
 
 def test_multi_tensor_lars_equals_the_per_parameter_form_with_the_same_exclusions():
-    from byol import BYOL, build_backbone
+    from byol import BYOL
 
     torch.manual_seed(0)
     learner = BYOL(
-        build_backbone("resnet18", width=0.125, image_size=16),
+        tiny_resnet(),
         projection_dim=8,
         projector_hidden_dim=16,
         predictor_hidden_dim=16,

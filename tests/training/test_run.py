@@ -13,23 +13,7 @@ from byol.data.datasets import FASHION_MNIST_SYSTEM_DIR
 from byol.runtime.checkpoint import load_checkpoint
 from byol.training.config import resolve
 from byol.training.run import train
-
-TINY = dict(
-    subset=128,
-    width=0.125,
-    projection_dim=16,
-    projector_hidden_dim=32,
-    predictor_hidden_dim=32,
-    batch_size=32,
-    epochs=2,
-    log_every=1,
-    checkpoint_every=3,
-    warmup_epochs=0.5,
-    lr=0.4,
-    base_tau=0.97,
-    device="cpu",
-    precision="fp32",
-)
+from tests.conftest import TINY_RUN, command_line
 
 
 def run_cli(*args, cwd=None):
@@ -60,11 +44,11 @@ def test_smoke_preset_end_to_end(tmp_path):
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, fashion_dir):
-    straight = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "straight")})
+    straight = resolve(overrides={**TINY_RUN, "data": str(fashion_dir), "out": str(tmp_path / "straight")})
     train(straight, quiet=True)
 
     interrupted = resolve(
-        overrides={**TINY, "data": str(fashion_dir), "out": str(tmp_path / "resumed"), "stop_after_steps": 3}
+        overrides={**TINY_RUN, "data": str(fashion_dir), "out": str(tmp_path / "resumed"), "stop_after_steps": 3}
     )
     summary = train(interrupted, quiet=True)
     assert summary["steps"] == 3 and not summary["finished"]
@@ -97,7 +81,7 @@ def test_fp16_keeps_its_gradient_scaler_in_the_checkpoint_and_resumes_to_the_uni
     fp16 arithmetic overflowed in the last step and reset the growth tracker to 0): the test holds the
     resumed scaler to the uninterrupted one's and to the saved one's, never to a particular trajectory."""
     base = {
-        **TINY,
+        **TINY_RUN,
         "precision": "fp16",
         "data": str(fashion_dir),
         "knn_every": 0,
@@ -160,46 +144,13 @@ def test_resume_refuses_a_stem_the_checkpoint_was_not_trained_with(tmp_path, fas
     # the pooled and unpooled CIFAR stems have the same parameters: a load would succeed and silently
     # continue (or export) pooled weights as an unpooled network
     out = tmp_path / "run"
-    first = resolve(overrides={**TINY, "epochs": 1, "stem": "cifar-pool", "data": str(fashion_dir), "out": str(out)})
+    first = resolve(
+        overrides={**TINY_RUN, "epochs": 1, "stem": "cifar-pool", "data": str(fashion_dir), "out": str(out)}
+    )
     train(first, quiet=True)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    args = [
-        "train",
-        "--data",
-        str(fashion_dir),
-        "--out",
-        str(out),
-        "--subset",
-        "128",
-        "--width",
-        "0.125",
-        "--projection-dim",
-        "16",
-        "--projector-hidden-dim",
-        "32",
-        "--predictor-hidden-dim",
-        "32",
-        "--batch-size",
-        "32",
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "0.5",
-        "--lr",
-        "0.4",
-        "--base-tau",
-        "0.97",
-        "--log-every",
-        "1",
-        "--checkpoint-every",
-        "3",
-        "--precision",
-        "fp32",
-        "--stem",
-        "cifar",
-        "--resume",
-        "--quiet",
-    ]
+    options = {**TINY_RUN, "epochs": 1, "data": str(fashion_dir), "out": str(out), "stem": "cifar"}
+    args = ["train", *command_line(options), "--resume", "--quiet"]
     refused = run_cli(*args)
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
     assert "'cifar-pool' stem" in refused.stderr and "--stem cifar-pool" in refused.stderr
@@ -209,7 +160,9 @@ def test_resume_refuses_a_stem_the_checkpoint_was_not_trained_with(tmp_path, fas
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path, fashion_dir):
-    cfg = resolve(overrides={**TINY, "epochs": 1, "data": str(fashion_dir), "out": str(tmp_path / "r"), "resume": True})
+    cfg = resolve(
+        overrides={**TINY_RUN, "epochs": 1, "data": str(fashion_dir), "out": str(tmp_path / "r"), "resume": True}
+    )
     assert train(cfg, quiet=True)["finished"]
 
 
@@ -252,7 +205,7 @@ def test_folder_dataset_trains(tmp_path):
     (root / "cats" / "broken.jpg").write_bytes(b"not an image")
     cfg = resolve(
         overrides={
-            **TINY,
+            **TINY_RUN,
             "dataset": "folder",
             "data": str(root),
             "image_size": 32,
@@ -269,46 +222,15 @@ def test_folder_dataset_trains(tmp_path):
 
 def test_a_run_inside_its_warm_up_is_warned_about_and_records_the_lr_it_reached(tmp_path, fashion_dir):
     out = tmp_path / "short"
+    small = {"data": str(fashion_dir), "subset": 64, "batch_size": 32, "knn_every": 0}
     result = run_cli(
-        "train",
-        "--preset",
-        "smoke",
-        "--data",
-        str(fashion_dir),
-        "--subset",
-        "64",
-        "--batch-size",
-        "32",
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "10",
-        "--knn-every",
-        "0",
-        "--out",
-        str(out),
+        "train", "--preset", "smoke", *command_line({**small, "epochs": 1, "warmup_epochs": 10, "out": out})
     )
     assert result.returncode == 0, result.stderr
     assert "--warmup-epochs 10 is as long as the run (--epochs 1)" in result.stderr
     resolved = yaml.safe_load((out / "config.yaml").read_text())["resolved"]
     assert resolved["lr_reached"] == pytest.approx(resolved["peak_lr"] * 2 / 20)  # step 2 of a 20-step warm-up
-    normal = run_cli(
-        "train",
-        "--preset",
-        "smoke",
-        "--data",
-        str(fashion_dir),
-        "--subset",
-        "64",
-        "--batch-size",
-        "32",
-        "--epochs",
-        "2",
-        "--knn-every",
-        "0",
-        "--out",
-        str(tmp_path / "normal"),
-    )
+    normal = run_cli("train", "--preset", "smoke", *command_line({**small, "epochs": 2, "out": tmp_path / "normal"}))
     assert normal.returncode == 0 and "warmup" not in normal.stderr
 
 
@@ -359,7 +281,7 @@ def test_every_method_trains_from_the_cli_with_its_own_recipe(tmp_path, fashion_
 def test_methods_with_state_resume_to_the_uninterrupted_run(tmp_path, fashion_dir, method, extra):
     """MoCo's queue, DINO's centre and SwAV's queue are in the checkpoint (SwAV's is full and in use by the
     stop at step 3: 64 = 2 batches of 32)."""
-    base = {**TINY, "method": method, **extra, "data": str(fashion_dir), "knn_every": 0, "online_probe": False}
+    base = {**TINY_RUN, "method": method, **extra, "data": str(fashion_dir), "knn_every": 0, "online_probe": False}
     straight = resolve(overrides={**base, "out": str(tmp_path / "straight")})
     train(straight, quiet=True)
     train(resolve(overrides={**base, "out": str(tmp_path / "resumed"), "stop_after_steps": 3}), quiet=True)
@@ -380,7 +302,7 @@ def cli_options(values: dict) -> list[str]:
 
 
 def test_out_and_resume_alone_continue_the_run_as_it_was_configured(tmp_path, fashion_dir):
-    base = {**TINY, "data": str(fashion_dir)}
+    base = {**TINY_RUN, "data": str(fashion_dir)}
     train(resolve(overrides={**base, "out": str(tmp_path / "straight")}), quiet=True)
     out = tmp_path / "resumed"
     stopped = run_cli("train", *cli_options({**base, "out": out, "stop_after_steps": 3}), "--quiet")
@@ -393,7 +315,7 @@ def test_out_and_resume_alone_continue_the_run_as_it_was_configured(tmp_path, fa
 
 def test_a_resume_that_changes_what_the_run_learns_is_refused_in_one_line(tmp_path, fashion_dir):
     out = tmp_path / "run"
-    train(resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(out), "stop_after_steps": 3}), quiet=True)
+    train(resolve(overrides={**TINY_RUN, "data": str(fashion_dir), "out": str(out), "stop_after_steps": 3}), quiet=True)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     refused = run_cli("train", "--out", str(out), "--resume", "--lr", "0.1", "--quiet")
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr

@@ -15,41 +15,11 @@ from byol.training import run as train_module
 from byol.training import run_dir as run_dir_module
 from byol.training import trainer as trainer_module
 from byol.training.config import resolve
-from tests.training.test_run import TINY
+from tests.conftest import TINY_RUN, command_line
 
 ROOT = Path(__file__).resolve().parents[2]
 # 4 epochs of 4 steps, a checkpoint every 3 steps and at each epoch end.
-ARGS = [
-    "--subset",
-    "128",
-    "--width",
-    "0.125",
-    "--projection-dim",
-    "16",
-    "--projector-hidden-dim",
-    "32",
-    "--predictor-hidden-dim",
-    "32",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "4",
-    "--log-every",
-    "1",
-    "--checkpoint-every",
-    "3",
-    "--warmup-epochs",
-    "0.5",
-    "--lr",
-    "0.4",
-    "--base-tau",
-    "0.97",
-    "--device",
-    "cpu",
-    "--precision",
-    "fp32",
-    "--no-tensorboard",
-]
+ARGS = command_line({**TINY_RUN, "epochs": 4, "tensorboard": False})
 
 # Test-only fault injection, loaded by the interpreter at start-up through PYTHONPATH: at the start of
 # step BYOL_TEST_SIGNAL_STEP the process sends itself BYOL_TEST_SIGNAL.
@@ -161,7 +131,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     monkeypatch.setattr(trainer_module, "training_step", diverging_step)
     cfg = resolve(
         overrides={
-            **TINY,
+            **TINY_RUN,
             "data": str(fashion_dir),
             "out": str(tmp_path / "run"),
             "log_every": 4,
@@ -208,7 +178,9 @@ def test_full_disk_while_logging_stops_with_one_line_and_a_torn_line_does_not_bl
         return FillsUp(handle) if str(path).endswith("metrics.jsonl") else handle
 
     out = tmp_path / "run"
-    cfg = resolve(overrides={**TINY, "data": str(fashion_dir), "out": str(out), "checkpoint_every": 2, "knn_every": 0})
+    cfg = resolve(
+        overrides={**TINY_RUN, "data": str(fashion_dir), "out": str(out), "checkpoint_every": 2, "knn_every": 0}
+    )
     monkeypatch.setattr(run_dir_module, "open", fake_open, raising=False)
     with pytest.raises(UserError) as error:
         train_module.train(cfg, quiet=True)

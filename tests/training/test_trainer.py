@@ -13,21 +13,9 @@ from byol.runtime.distributed import Context
 from byol.runtime.errors import UserError
 from byol.training.config import resolve
 from byol.training.trainer import Schedule, Trainer
+from tests.conftest import TINY_RUN
 
-TINY = dict(
-    width=0.125,
-    projection_dim=16,
-    projector_hidden_dim=32,
-    predictor_hidden_dim=32,
-    batch_size=8,
-    epochs=2,
-    warmup_epochs=0.5,
-    lr=0.4,
-    base_tau=0.97,
-    device="cpu",
-    precision="fp32",
-    knn_every=0,
-)
+TINY = {**TINY_RUN, "subset": None, "batch_size": 8, "knn_every": 0}
 
 
 def dataset() -> ImageDataset:
