@@ -2,6 +2,7 @@
 imports itself back through another (docs/architecture.md)."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "byol"
@@ -66,3 +67,13 @@ def test_no_module_imports_itself_back_through_others():
     # `byol/__init__.py` only names its public objects' homes; it loads them lazily.
     cycles = [cycle_from(m) for m in GRAPH if m != "byol" and cycle_from(m)]
     assert not cycles, cycles[0]
+
+
+def test_the_tree_in_the_docs_names_every_module():
+    tree = (ROOT.parent / "docs" / "architecture.md").read_text()
+    missing = [
+        str(path.relative_to(ROOT.parent))
+        for path in sorted(ROOT.rglob("*.py"))
+        if not re.search(rf"^\s+{re.escape(path.name)}\s", tree, re.MULTILINE)
+    ]
+    assert not missing, f"docs/architecture.md does not list {missing}"

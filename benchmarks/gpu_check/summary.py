@@ -95,14 +95,15 @@ def phases(ph: dict) -> list[str]:
 
 def whatif(w: dict) -> list[str]:
     return [
-        f"what-ifs img/s: today's defaults {f(w.get('baseline_step_images_per_s'), 0)} | old nonzero masking "
+        f"what-ifs img/s: today's defaults {f(w.get('baseline_step_images_per_s'), 0)} | per-op augmentation "
+        f"{f(w.get('step_with_augment_per_op_images_per_s'), 0)} | its old nonzero masking "
         f"{f(w.get('step_with_augment_nonzero_images_per_s'), 0)} | cudnn.benchmark off "
         f"{f(w.get('step_cudnn_benchmark_off_images_per_s'), 0)} | all old ways "
         f"{f(w.get('step_all_old_ways_images_per_s'), 0)} | contiguous (not channels_last) "
         f"{f(w.get('step_contiguous_format_images_per_s'), 0)}",
-        f"  augment ms default {w.get('augment_default_ms')} ({w.get('augment_default_syncs')} syncs) vs nonzero "
-        f"{w.get('augment_nonzero_ms')} ({w.get('augment_nonzero_syncs')} syncs; diff "
-        f"{w.get('augment_nonzero_max_abs_diff_vs_default')}); LARS ms foreach {w.get('lars_foreach_ms')} vs loop "
+        f"  augment ms default {w.get('augment_default_ms')} ({w.get('augment_default_syncs')} syncs) vs per-op "
+        f"{w.get('augment_per_op_ms')} vs nonzero {w.get('augment_nonzero_ms')} ({w.get('augment_nonzero_syncs')} "
+        f"syncs); LARS ms foreach {w.get('lars_foreach_ms')} vs loop "
         f"{w.get('lars_loop_ms')} (rel diff {w.get('lars_loop_max_rel_diff_vs_foreach')}); EMA ms "
         f"{w.get('ema_mul_add_ms')} vs lerp {w.get('ema_lerp_ms')}",
     ]

@@ -33,6 +33,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from byol.data import colour_kernel
+
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 
@@ -231,6 +233,14 @@ def colour_jitter(x: torch.Tensor, draws: ViewDraws) -> torch.Tensor:
     return x
 
 
+def colour_reference(x: torch.Tensor, params: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """`byol::colour_jitter` (colour_kernel.py) computed by the functions above: colour jitter, then grayscale."""
+    jitter, brightness, contrast, saturation, hue, grayscale = params.unbind(1)
+    draws = ViewDraws(None, None, jitter > 0.5, brightness, contrast, saturation, hue, order, None, None, None, None)
+    x = colour_jitter(x, draws)
+    return _apply_to(x, grayscale > 0.5, to_grayscale) if x.shape[1] == 3 else x
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur with one sigma per image; kernel side 2·floor(side/20) + 1."""
     batch, channels, height, width = x.shape
@@ -351,24 +361,136 @@ class ViewAugment(torch.nn.Module):
 
 @torch.no_grad()
 def augment_views(views: Sequence[ViewAugment], images: torch.Tensor) -> list[torch.Tensor]:
-    """Each view of the same images, drawn view by view as if each ran alone (the same numbers, so the same
-    bits), but computed as one batch per output size: BYOL's two views in one pass, multi-crop's local crops
-    in another."""
+    """Each view of the same images, computed as one batch per output size: BYOL's two views in one pass,
+    multi-crop's local crops in another.
+
+    On the CPU each view is drawn as if it ran alone (the same numbers, so the same bits). On an accelerator
+    the views of a batch are drawn together and run through `apply_batched`: the same pipeline in a fraction
+    of the kernel launches."""
     x = to_unit_float(images)
-    draws = [view.draw(x) for view in views]
     groups: dict[tuple, list[int]] = {}
     for index, view in enumerate(views):
         groups.setdefault(view.batch_key, []).append(index)
+    draws = None if batched_path(x) else [view.draw(x) for view in views]
     outputs: list[torch.Tensor | None] = [None] * len(views)
     for indices in groups.values():
         view = views[indices[0]]
-        if len(indices) == 1:
-            outputs[indices[0]] = view.apply(x, draws[indices[0]])
-            continue
-        together = view.apply(x.repeat(len(indices), 1, 1, 1), ViewDraws.cat([draws[i] for i in indices]))
-        for index, out in zip(indices, together.chunk(len(indices)), strict=True):
-            outputs[index] = out
+        together = x.repeat(len(indices), 1, 1, 1) if len(indices) > 1 else x
+        if draws is None:
+            drawn = draw_batched([views[i].cfg for i in indices], *x.shape, x.device)
+            out = apply_batched(together, drawn, view.image_size, view.mean, view.std)
+        else:
+            out = view.apply(together, ViewDraws.cat([draws[i] for i in indices]))
+        for index, chunk in zip(indices, out.chunk(len(indices)), strict=True):
+            outputs[index] = chunk
     return outputs
+
+
+def batched_path(x: torch.Tensor) -> bool:
+    """Whether `augment_views` takes the accelerators' path below: everywhere but on the CPU."""
+    return x.device.type != "cpu"
+
+
+# The accelerators' path: the pipeline above in about 60 operations per call instead of about 630, each a
+# kernel launch on a GPU (benchmarks/augment_ops.py counts them). The same operations with the same
+# parameter distributions; given the same draws, the same pixels as `apply_view` up to float round-off
+# (tests/data/test_augment.py).
+
+DRAWN_COLUMNS = 36  # crop scale ×10 tries, log ratio ×10, corner x, y, five chances, four jitter values, σ, order ×4
+
+
+@functools.cache
+def _draw_table(cfgs: tuple[ViewConfig, ...], channels: int, height: int, width: int, device: torch.device):
+    """Per view, the uniform ranges of the drawn columns as (low, span), and the five chances (flip, jitter,
+    grayscale, blur, solarize): made once, so a draw copies nothing from the host."""
+    area, lows, spans, chances = height * width, [], [], []
+    for c in cfgs:
+        log_ratio = (math.log(c.crop_ratio[0]), math.log(c.crop_ratio[1]))
+        jitter_low = (-c.brightness, 1 - c.contrast, 1 - c.saturation, -c.hue, c.blur_sigma[0])
+        jitter_span = (2 * c.brightness, 2 * c.contrast, 2 * c.saturation, 2 * c.hue, c.blur_sigma[1] - c.blur_sigma[0])
+        lows.append([c.crop_scale[0] * area] * 10 + [log_ratio[0]] * 10 + [0.0] * 7 + [*jitter_low] + [0.0] * 4)
+        spans.append(
+            [(c.crop_scale[1] - c.crop_scale[0]) * area] * 10
+            + [log_ratio[1] - log_ratio[0]] * 10
+            + [1.0] * 7
+            + [*jitter_span]
+            + [1.0] * 4
+        )
+        grayscale = c.grayscale_prob if channels == 3 else 0.0  # grey images have no colour to remove
+        chances.append([c.flip_prob, c.jitter_prob, grayscale, c.blur_prob, c.solarize_prob])
+    table = torch.tensor([lows, spans], dtype=torch.float32).unsqueeze(2).to(device)
+    return table[0], table[1], torch.tensor(chances, dtype=torch.float32).unsqueeze(1).to(device)
+
+
+@functools.cache
+def _frame(height: int, width: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor([width, height], dtype=torch.float32, device=device)
+
+
+def draw_batched(cfgs: Sequence[ViewConfig], batch: int, channels: int, height: int, width: int, device) -> ViewDraws:
+    """Every random number of several views of a batch from one uniform draw: a row per image, view after view
+    (as ViewDraws.cat), each drawn from the distribution `draw_view` draws it from."""
+    low, span, chance = _draw_table(tuple(cfgs), channels, height, width, torch.device(device))
+    values = torch.addcmul(low, torch.rand(len(cfgs), batch, DRAWN_COLUMNS, device=device), span)
+    flip, jitter, grayscale, blur, solarize = (values[..., 22:27] < chance).view(-1, 5).unbind(1)
+    values = values.view(-1, DRAWN_COLUMNS)
+    brightness, contrast, saturation, hue, sigma = values[:, 27:32].unbind(1)
+    order = values[:, 32:].argsort(dim=1)
+    boxes = _boxes(values, _frame(height, width, values.device))
+    return ViewDraws(
+        boxes, flip, jitter, brightness, contrast, saturation, hue, order, grayscale, blur, sigma, solarize
+    )
+
+
+def _boxes(values: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """(N, 4) crop boxes (x0, y0, w, h) from the drawn columns: the first of 10 tries that fits, as
+    `_crop_boxes`; the whole frame where none does."""
+    scale, ratio = values[:, :10], values[:, 10:20].exp()
+    sides = (scale.unsqueeze(2) * torch.stack([ratio, ratio.reciprocal()], 2)).sqrt()  # (N, 10, (w, h))
+    fits = (sides <= frame).all(2)
+    first = fits.byte().argmax(1, keepdim=True)
+    chosen = sides.gather(1, first.unsqueeze(2).expand(-1, -1, 2)).squeeze(1)
+    sides = torch.where(fits.any(1, keepdim=True), chosen, frame)
+    return torch.cat([values[:, 20:22] * (frame - sides), sides], 1)
+
+
+@functools.cache
+def _unit_grid(out_size: int, device: torch.device) -> torch.Tensor:
+    """(1, S, S, (x, y)): the pixel centres of the output in [-1, 1], as affine_grid places them."""
+    return F.affine_grid(torch.eye(2, 3, device=device).unsqueeze(0), [1, 1, out_size, out_size], align_corners=False)
+
+
+@functools.cache
+def _mirror_x(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([True, False], device=device), torch.tensor([1.0, -1.0], device=device)
+
+
+def resample_batched(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, out_size: int) -> torch.Tensor:
+    """`resample` with the sampling grid made directly (a crop box and a mirror need no matrix)."""
+    batch, _, height, width = images.shape
+    frame = _frame(height, width, images.device)
+    x_axis, signs = _mirror_x(images.device)
+    mirror = signs[(flip.unsqueeze(1) & x_axis).long()]  # -1 on x where flipped, else 1
+    scale = (boxes[:, 2:] / frame * mirror).view(batch, 1, 1, 2)
+    centre = (torch.add(boxes[:, 2:], boxes[:, :2], alpha=2) / frame - 1).view(batch, 1, 1, 2)
+    grid = torch.addcmul(centre, _unit_grid(out_size, images.device), scale)
+    out = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    return out.clamp_(0, 1)
+
+
+def apply_batched(x: torch.Tensor, draws: ViewDraws, out_size: int, mean: torch.Tensor, std: torch.Tensor):
+    """`apply_view` in few launches: one resampling, the colour chain as one kernel (colour_kernel.py), one
+    select per remaining stage."""
+    x = resample_batched(x, draws.boxes, draws.flip, out_size)
+    flags = torch.stack([draws.jitter, draws.grayscale], 1).float()
+    params = torch.cat([flags[:, :1], torch.stack(draws[3:7], 1), flags[:, 1:]], 1)
+    if x.device.type == "meta" or colour_kernel.kernel_runs_on(x):
+        x = torch.ops.byol.colour_jitter(x, params, draws.order)
+    else:
+        x = colour_reference(x, params, draws.order)
+    x = torch.where(draws.blur.view(-1, 1, 1, 1), gaussian_blur(x, draws.sigma), x)
+    x = torch.where(draws.solarize.view(-1, 1, 1, 1) & (x >= 0.5), 1 - x, x)
+    return (x.clamp_(0, 1) - mean) / std
 
 
 class BYOLAugment(torch.nn.Module):

@@ -258,3 +258,81 @@ def test_views_computed_together_get_the_bits_each_gets_alone(channels, size, ba
         assert len(together) == len(alone)
         for a, b in zip(together, alone, strict=True):
             assert torch.equal(a, b)
+
+
+def test_the_accelerators_draws_follow_each_views_distributions():
+    """draw_batched draws both views' numbers at once (one launch); each must come from the distribution
+    draw_view draws it from: chances within 3.5σ, values in their ranges, boxes as RandomResizedCrop's."""
+    from byol.data.augment import draw_batched
+
+    n = 6000
+    draws = draw_batched([VIEW1, VIEW2], n, 3, 28, 28, "cpu")
+    for rows, view in ((slice(0, n), VIEW1), (slice(n, 2 * n), VIEW2)):
+        for name in ("flip", "jitter", "grayscale", "blur", "solarize"):
+            assert_frequency(
+                getattr(draws, name)[rows], getattr(view, f"{name}_prob" if name != "jitter" else "jitter_prob")
+            )
+        for name, low, high in (
+            ("brightness", -view.brightness, view.brightness),
+            ("contrast", 1 - view.contrast, 1 + view.contrast),
+            ("saturation", 1 - view.saturation, 1 + view.saturation),
+            ("hue", -view.hue, view.hue),
+            ("sigma", *view.blur_sigma),
+        ):
+            values = getattr(draws, name)[rows]
+            assert values.min() >= low - 1e-6 and values.max() <= high + 1e-6, name
+            assert abs(values.mean().item() - (low + high) / 2) < 3.5 * (high - low) / math.sqrt(12 * n), name
+        assert torch.equal(draws.order[rows].sort(1).values, torch.arange(4).expand(n, 4))
+    reference = _crop_boxes(2 * n, 28, 28, VIEW1, "cpu")
+    for boxes in (draws.boxes, reference):
+        x0, y0, w, h = boxes.unbind(1)
+        area = w * h / (28 * 28)
+        assert area.min() >= 0.08 - 1e-6 and area.max() <= 1 + 1e-6 and (x0 >= 0).all() and (y0 >= 0).all()
+        assert (x0 + w <= 28 + 1e-4).all() and (y0 + h <= 28 + 1e-4).all()
+    spread = 3.5 * math.sqrt(2 * reference[:, 2:].prod(1).var().item() / (2 * n)) / (28 * 28)
+    assert abs(draws.boxes[:, 2:].prod(1).mean() - reference[:, 2:].prod(1).mean()) / (28 * 28) < spread
+    grey = draw_batched([VIEW1], 100, 1, 28, 28, "cpu")
+    assert not grey.grayscale.any()  # grey images have no colour to remove
+
+
+@pytest.mark.parametrize("channels, size", [(3, 32), (1, 28), (3, 96)])
+def test_the_accelerators_path_gives_the_reference_pixels_for_the_same_draws(channels, size, monkeypatch):
+    """apply_batched (a direct sampling grid, one colour operation, one select per stage) against apply_view,
+    the code the CPU runs, on the same draws. Every stage is continuous in its inputs, so they differ by float
+    round-off only."""
+    from byol.data import augment
+
+    monkeypatch.setattr(augment, "_apply_to", augment._apply_where)
+    images = torch.rand(24, channels, size + 4, size + 4).repeat(2, 1, 1, 1)  # noise: the steepest images
+    draws = augment.draw_batched([VIEW1, VIEW2], 24, channels, size + 4, size + 4, "cpu")
+    assert draws.jitter.any() and draws.blur.any() and draws.solarize.any() and draws.flip.any()
+    # The grid: a coordinate in [-1, 1] rounded differently (a few ulp of 1) moves a sample by that times
+    # half the input's width in pixels, and bicubic interpolation changes at most about twice the largest
+    # step between neighbouring pixels per pixel moved.
+    steepest = max(images.diff(dim=d).abs().max().item() for d in (2, 3))
+    bound = 4 * 2**-23 * (size + 4) / 2 * 2 * steepest
+    direct = augment.resample_batched(images, draws.boxes, draws.flip, size)
+    assert (direct - augment.resample(images, draws.boxes, draws.flip, size)).abs().max() <= bound
+    # The rest, from the same resampled pixels: the same float32 operations, summed in another order at most.
+    monkeypatch.setattr(augment, "resample_batched", augment.resample)
+    zero, one = torch.zeros(1, channels, 1, 1), torch.ones(1, channels, 1, 1)
+    fast = augment.apply_batched(images, draws, size, zero, one)
+    assert (fast - augment.apply_view(images, draws, size, zero, one)).abs().max() <= 1e-5
+
+
+def test_the_augmentation_on_an_accelerator_takes_the_batched_path():
+    # the meta device stands for an accelerator: shapes only, the colour chain as its one registered operation
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Names(TorchDispatchMode):
+        seen: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    pipeline = BYOLAugment(32, (0.5,) * 3, (0.25,) * 3).to("meta")
+    with Names() as names:
+        views = pipeline(torch.empty(8, 3, 36, 36, dtype=torch.uint8, device="meta"))
+    assert [tuple(v.shape) for v in views] == [(8, 3, 32, 32)] * 2
+    assert names.seen.count("byol.colour_jitter.default") == 1 and "aten.nonzero.default" not in names.seen
