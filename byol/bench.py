@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from byol import peers
 from byol.data.augment import BYOLAugment
 from byol.models import zoo
+from byol.runtime.compile_cache import use_compile_cache
 from byol.runtime.device import Runtime, resolve_device
 from byol.runtime.errors import UserError
 from byol.training.config import TrainConfig
@@ -152,6 +153,7 @@ def _our_step(
 
     flops = count_flops(step)  # eager: the flop counter cannot see inside compiled graphs; the maths is the same
     if compile_model:
+        use_compile_cache()
         learner.compile()  # in place: parameter names and checkpoints stay the same
         if runtime.device.type == "cuda":
             augment.compile()  # as `byol train --compile` does: sync-free there, so no graph breaks
@@ -182,6 +184,7 @@ def bench(
     images = random_images(batch_size, channels, image_size, dev)
     ours = (backbone, width, image_size, images, runtime, compile_model, stem, cuda_graphs)
     step, augment_only, flops_per_step = _our_step(*ours)
+    first_step_s = time_steps(step, dev, 1, 0)[0]  # with --compile: the compilation, from its cache or not
     seconds = statistics.median(time_steps(step, dev, steps, warmup))
     augment_seconds = statistics.median(time_steps(augment_only, dev, steps, 1))
     utilization = _utilization(flops_per_step, batch_size, seconds, dev, runtime)  # before the memory, as ever
@@ -193,7 +196,7 @@ def bench(
         "precision_choice": runtime.describe_precision(),
         "channels_last": runtime.memory_format == torch.channels_last,
         **dict(compile=compile_model, cuda_graphs=cuda_graphs, steps=steps),
-        **{"ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds},
+        **{"ms_per_step": 1000 * seconds, "images_per_s": batch_size / seconds, "first_step_s": first_step_s},
         "augment_ms_per_step": 1000 * augment_seconds,
         # The augmentation is timed alone, eagerly; a graphed step replays it inside its graph, faster: no share.
         "augment_fraction": None if cuda_graphs else augment_seconds / seconds,
@@ -298,6 +301,8 @@ def format_result(result: dict) -> str:
         f"{', compiled' if result['compile'] else ''}{', CUDA graph' if result.get('cuda_graphs') else ''}",
         f"precision    {result['precision_choice']}",
         f"step         {fmt(result['ms_per_step'])} ms  ({fmt(result['images_per_s'])} images/s)",
+        f"first step   {fmt(result.get('first_step_s'), 1, 1, ' s')}"
+        + (" (compiling, or reading the compile cache)" if result["compile"] else ""),
         f"augment      {fmt(result['augment_ms_per_step'])} ms per step {augment_share}",
         f"FLOPs/image  {fmt(result['flops_per_image'], 1e9, 2, ' GFLOP')}",
         f"achieved     {fmt(result.get('achieved_flops'), 1e9, 1, ' GFLOP/s')} of a measured peak "

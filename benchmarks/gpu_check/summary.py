@@ -183,14 +183,14 @@ def bench_row(label: str, b: dict) -> str:
     gflops, utilization = f((b.get("flops_per_image") or 0) / 1e9, 2), f(100 * (b.get("utilization") or 0))
     return (
         f"| {label} | {f(b.get('ms_per_step'))} | {f(b.get('images_per_s'), 0)} | {gflops} | {utilization}% "
-        f"| {augment} | {f(memory, 0)} | {peers} |"
+        f"| {augment} | {f(memory, 0)} | {f(b.get('first_step_s'))} | {peers} |"
     )
 
 
 def benches(results: dict) -> list[str]:
     lines = [
-        "| bench | ms/step | img/s | GFLOP/img | util | augment | peak MB | peers (ours/theirs) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| bench | ms/step | img/s | GFLOP/img | util | augment | peak MB | first step s | peers (ours/theirs) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for step in BENCH_STEPS:
         for label, run in (results.get("steps", {}).get(step, {}).get("runs") or {}).items():

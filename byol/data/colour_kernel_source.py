@@ -24,11 +24,7 @@ def colour_program(x_ptr, out_ptr, params_ptr, order_ptr, hw, CHANNELS: tl.const
     hue_shift = tl.load(row + 4)
     grayscale = tl.load(row + 5) > 0.5
     ops = order_ptr + image * 4
-    # contrast's position (4: none); phase 0 runs the chain up to it over the whole image for the mean it needs
-    contrast_at = tl.full([], 4, tl.int32)
-    for position in tl.static_range(4):
-        op = tl.load(ops + position)
-        contrast_at = tl.where(jitter & (op == 1) & (contrast_at == 4), position, contrast_at)
+    contrast_at = contrast_position(ops, jitter)  # phase 0 runs the chain up to it for the mean contrast needs
     mean_r = tl.full([], 0.0, tl.float32)
     mean_g = tl.full([], 0.0, tl.float32)
     mean_b = tl.full([], 0.0, tl.float32)
@@ -42,12 +38,7 @@ def colour_program(x_ptr, out_ptr, params_ptr, order_ptr, hw, CHANNELS: tl.const
         for start in range(0, end, BLOCK):
             offsets = start + tl.arange(0, BLOCK)
             inside = offsets < hw
-            r = tl.load(source + offsets, mask=inside, other=0.0)
-            g = r
-            b = r
-            if CHANNELS == 3:
-                g = tl.load(source + hw + offsets, mask=inside, other=0.0)
-                b = tl.load(source + 2 * hw + offsets, mask=inside, other=0.0)
+            r, g, b = load_pixels(source, offsets, inside, hw, CHANNELS)
             for position in tl.static_range(4):
                 op = tl.load(ops + position)
                 on = jitter
@@ -61,18 +52,44 @@ def colour_program(x_ptr, out_ptr, params_ptr, order_ptr, hw, CHANNELS: tl.const
                 sum_g += tl.where(inside, g, 0.0)
                 sum_b += tl.where(inside, b, 0.0)
             else:
-                if CHANNELS == 3:
-                    gray = r * 0.2989 + g * 0.5870 + b * 0.1140
-                    r = tl.where(grayscale, gray, r)
-                    g = tl.where(grayscale, gray, g)
-                    b = tl.where(grayscale, gray, b)
-                    tl.store(target + hw + offsets, g, mask=inside)
-                    tl.store(target + 2 * hw + offsets, b, mask=inside)
-                tl.store(target + offsets, r, mask=inside)
+                store_pixels(target, offsets, inside, hw, r, g, b, grayscale, CHANNELS)
         if phase == 0:
             mean_r = tl.sum(sum_r, axis=0) / hw
             mean_g = tl.sum(sum_g, axis=0) / hw
             mean_b = tl.sum(sum_b, axis=0) / hw
+
+
+@triton.jit
+def contrast_position(ops, jitter):
+    """The position of contrast in the image's order; 4 where the image is not jittered."""
+    contrast_at = tl.full([], 4, tl.int32)
+    for position in tl.static_range(4):
+        op = tl.load(ops + position)
+        contrast_at = tl.where(jitter & (op == 1) & (contrast_at == 4), position, contrast_at)
+    return contrast_at
+
+
+@triton.jit
+def load_pixels(source, offsets, inside, hw, CHANNELS: tl.constexpr):
+    """A tile of each channel; a grey image's one channel three times (its g and b are never stored)."""
+    r = tl.load(source + offsets, mask=inside, other=0.0)
+    g = r
+    b = r
+    if CHANNELS == 3:
+        g = tl.load(source + hw + offsets, mask=inside, other=0.0)
+        b = tl.load(source + 2 * hw + offsets, mask=inside, other=0.0)
+    return r, g, b
+
+
+@triton.jit
+def store_pixels(target, offsets, inside, hw, r, g, b, grayscale, CHANNELS: tl.constexpr):
+    """The tile, made grey where `grayscale` with augment.GRAY_WEIGHTS (summed in their order)."""
+    if CHANNELS == 3:
+        gray = r * 0.2989 + g * 0.5870 + b * 0.1140
+        r = tl.where(grayscale, gray, r)
+        tl.store(target + hw + offsets, tl.where(grayscale, gray, g), mask=inside)
+        tl.store(target + 2 * hw + offsets, tl.where(grayscale, gray, b), mask=inside)
+    tl.store(target + offsets, r, mask=inside)
 
 
 @triton.jit

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from byol.data import gpu_decode
 from byol.data.folders import IMAGE_EXTENSIONS, DecodedCache, decode_or_reason, scan_images
 from byol.runtime.errors import UserError
 from byol.runtime.logs import log
@@ -483,6 +484,7 @@ class BatchStream:
 
     With `device` given, an in-memory split is moved there once (uint8, with its labels) and each batch is
     an index into it, in the same order: on CUDA, device memory instead of a host copy per step.
+    With `decode_on` a device, folder JPEGs are decoded there (gpu_decode.py) and batches arrive on it.
     """
 
     def __init__(
@@ -496,6 +498,7 @@ class BatchStream:
         max_bad_fraction: float = 0.01,
         device: torch.device | None = None,
         cache: DecodedCache | None = None,
+        decode_on: torch.device | None = None,
     ):
         if batch_size % world_size:
             raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size} processes")
@@ -506,6 +509,7 @@ class BatchStream:
             self.labels = dataset.labels.to(device) if dataset.labels is not None else None
         self.dataset = dataset
         self.cache = cache  # folder images: a DecodedCache of this dataset's files, filled as they are decoded
+        self.decode_on = decode_on if dataset.files is not None else None
         self.batch_size = batch_size
         self.workers = workers
         self.pin_memory = pin_memory
@@ -533,19 +537,36 @@ class BatchStream:
                 labels = self.labels[index] if self.labels is not None else None
                 yield (images.pin_memory() if self.pin_memory and not self.on_device else images), labels
             return
-        loader = torch.utils.data.DataLoader(
-            _FolderItems(self.dataset, self.cache),
-            batch_sampler=[b.tolist() for b in batches],
-            num_workers=self.workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=False,
-            worker_init_fn=_ignore_interrupts,
-        )
+        if self.decode_on is not None:
+            yield from self._decoded_on_device(batches)
+            return
+        loader = self._loader(_FolderItems(self.dataset, self.cache), batches)
         for images, labels, failed, reasons in loader:
             for index, reason in zip(failed.tolist(), reasons):
                 if index >= 0:
                     self._count_bad(index, reason)
             yield images, (labels if self.dataset.labels is not None else None)
+
+    def _loader(self, items: torch.utils.data.Dataset, batches: list, **options) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            items,
+            batch_sampler=[b.tolist() for b in batches],
+            num_workers=self.workers,
+            pin_memory=self.pin_memory and self.decode_on is None,
+            persistent_workers=False,
+            worker_init_fn=_ignore_interrupts,
+            **options,
+        )
+
+    def _decoded_on_device(self, batches: list):
+        dataset = self.dataset
+        items = gpu_decode.EncodedItems(dataset.files, dataset.labels, dataset.load_size)
+        fallback = _FolderItems(dataset).__getitem__
+        for batch in self._loader(items, batches, collate_fn=gpu_decode.as_list):
+            images, labels, unreadable = gpu_decode.decode_batch(batch, dataset.load_size, self.decode_on, fallback)
+            for index, reason in unreadable:
+                self._count_bad(index, reason)
+            yield images, (labels if dataset.labels is not None else None)
 
     def _count_bad(self, index: int, reason: str) -> None:
         if index in self.bad_files:

@@ -6,6 +6,8 @@
 - Decoding turns any file PIL reads into RGB uint8 at a square `size`: EXIF orientation applied,
   JPEGs decoded at a reduced scale when they are much larger than needed (never below `size`), shorter
   side resized (bicubic), centre crop. A file that cannot be decoded gives a reason instead.
+- `--decode gpu`: JPEGs are decoded on the GPU in batches (nvjpeg, `decode_jpegs_on`), with EXIF orientation,
+  and resized and cropped there with the same sizes (`square`); any file it cannot decode goes to PIL.
 - `DecodedCache` keeps those uint8 squares in one memory-mapped file, so later epochs skip decoding.
 Measurements of each path: docs/data.md.
 """
@@ -132,6 +134,59 @@ def decode_or_reason(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
             return decode_image(path, size), ""
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         return None, (str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__)
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def read_encoded(path: Path) -> torch.Tensor:
+    """The file's bytes as a uint8 tensor, as torchvision's decoders take them."""
+    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+
+
+def is_jpeg(encoded: torch.Tensor) -> bool:
+    return bytes(encoded[:3].tolist()) == JPEG_MAGIC
+
+
+def resized_sides(width: int, height: int, size: int) -> tuple[int, int]:
+    """`decode_image`'s resize: the shorter side to `size`, the other in proportion (at least `size`)."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
+def square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (3, H, W) on any device to (3, size, size) as `decode_image` does it: shorter side resized
+    (bicubic, antialiased like PIL's), centre crop."""
+    new_w, new_h = resized_sides(image.shape[2], image.shape[1], size)
+    if (new_h, new_w) != tuple(image.shape[1:]):
+        resized = torch.nn.functional.interpolate(
+            image[None].float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+        )
+        image = resized[0].round_().clamp_(0, 255).to(torch.uint8)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image[:, top : top + size, left : left + size]
+
+
+def decode_jpegs_on(encoded: list[torch.Tensor], size: int, device: torch.device) -> list[torch.Tensor | None]:
+    """JPEG bytes to (3, size, size) uint8 squares on `device`, as one batched nvjpeg call on CUDA; a batch
+    that fails is decoded file by file, and a file that fails alone is None (the caller decodes it with PIL)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def decode(files):
+        with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec; its decoder still works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(files, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+
+    try:
+        images = decode(encoded) if encoded else []
+    except RuntimeError:  # one bad file fails the batch: find it
+        images = []
+        for one in encoded:
+            try:
+                images.append(decode([one])[0])
+            except RuntimeError:
+                images.append(None)
+    return [None if image is None else square(image, size) for image in images]
 
 
 # ---------------------------------------------------------------- the decoded cache

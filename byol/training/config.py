@@ -142,6 +142,13 @@ class TrainConfig:
         trajectory=False,
         metavar="DIR",
     )
+    decode: str = option(
+        "cpu",
+        "folder images: decoded on the cpu (PIL, in --workers processes), or JPEGs on the gpu "
+        "(nvjpeg, a batch at a time; other files on the CPU) (docs/data.md)",
+        choices=("cpu", "gpu"),
+        trajectory=False,
+    )
     max_bad_fraction: float = option(
         0.01,
         "unreadable folder images are skipped and counted; more than this "
@@ -350,6 +357,9 @@ class TrainConfig:
             raise UserError(problem)
         if self.cuda_graphs and self.device.split(":")[0] in ("cpu", "mps"):
             raise UserError(f"--cuda-graphs: CUDA graphs need a CUDA device, not --device {self.device}")
+        problem = self.decode == "gpu" and gpu_decode_problem(self)
+        if problem:
+            raise UserError(f"--decode gpu: {problem}")
         if self.subset is not None and self.subset < self.batch_size:
             raise UserError(f"--subset: {self.subset} images make no full batch of {self.batch_size}")
         return self
@@ -372,6 +382,18 @@ def flag(name: str) -> str:
 
 def split_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def gpu_decode_problem(config: TrainConfig) -> str | None:
+    """Why --decode gpu cannot apply to this config, or None (the device may still turn out not to be CUDA:
+    `auto` is resolved when the run starts, which checks again)."""
+    if config.dataset != "folder":
+        return f"only folder images are decoded; --dataset {config.dataset} is read into memory once"
+    if config.device.split(":")[0] in ("cpu", "mps"):
+        return f"nvjpeg needs a CUDA device, not --device {config.device}"
+    if config.cache_decoded:
+        return "--cache-decoded keeps images the CPU decoded; the GPU decodes each epoch afresh: choose one"
+    return None
 
 
 def foreign_ablation(config: TrainConfig) -> str | None:

@@ -225,8 +225,18 @@ def training_data(cfg: TrainConfig, runtime: Runtime, context: Context) -> tuple
         max_bad_fraction=cfg.max_bad_fraction,
         device=runtime.device,
         cache=cache,
+        decode_on=gpu_decoding(cfg, runtime.device),
     )
     return dataset, stream
+
+
+def gpu_decoding(cfg: TrainConfig, device: torch.device) -> torch.device | None:
+    """The device folder JPEGs are decoded on with --decode gpu (checked again now that `auto` is resolved)."""
+    if cfg.decode != "gpu":
+        return None
+    if device.type != "cuda":
+        raise UserError(f"--decode gpu: nvjpeg needs a CUDA device; this run is on {device.type}")
+    return device
 
 
 def folder_load_size(cfg: TrainConfig) -> int:

@@ -35,6 +35,7 @@ from byol.models import zoo
 from byol.models.backbones import build_backbone, infer_feature_dim, resolve_stem
 from byol.models.syncbn import convert_sync_batchnorm
 from byol.runtime.checkpoint import EncoderInfo, TrainingState
+from byol.runtime.compile_cache import use_compile_cache
 from byol.runtime.device import Runtime
 from byol.runtime.distributed import Context, all_reduce_sum, gather, wrap
 from byol.runtime.errors import UserError
@@ -174,8 +175,8 @@ class Trainer:
             learner = convert_sync_batchnorm(learner, device)
         self.learner = learner.to(device).to(memory_format=runtime.memory_format)
         self.optimizer = optimizer_for(cfg, self.learner)
-        if cfg.compile and device.type == "cuda":
-            self.augment.compile()  # sync-free on CUDA (augment._apply_to), so it compiles without graph breaks
+        if cfg.compile:
+            self.compile_augment(device)
         library_model = cfg.backbone.startswith(zoo.PREFIXES)  # built as it is: no width or stem of ours
         if library_model and (cfg.width != 1.0 or cfg.stem != "auto"):
             log.info(f"{cfg.backbone} is built as its library defines it: --width and --stem apply to the ResNets")
@@ -202,6 +203,11 @@ class Trainer:
         self._model = None  # the learner in DDP, made by the first step
         self._run_step = None  # the step on the device, eager or graphed, made by the first step
 
+    def compile_augment(self, device: torch.device) -> None:
+        log.info(f"--compile: compiled graphs are cached in {use_compile_cache()}")
+        if device.type == "cuda":  # sync-free there (augment.py), so it compiles without graph breaks
+            self.augment.compile()
+
     @property
     def model(self) -> torch.nn.Module:
         """The learner as the step calls it: in DDP under torchrun, compiled with --compile. DDP wraps first,
@@ -218,8 +224,8 @@ class Trainer:
             return f"CUDA graphs need a CUDA device; this run is on {self.runtime.device.type} (--device cuda)"
         if self.context.world_size > 1:
             return (
-                "one process only for now: under torchrun, DDP's gradient all-reduce would have to be captured "
-                "too, which is not done or tested here"
+                "one process only: under torchrun the graph would hold DDP's all-reduce, which has never run on "
+                "several GPUs here (docs/performance.md); DDP overlaps it with the backward eagerly"
             )
         return self.learner.graph_problem
 

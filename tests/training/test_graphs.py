@@ -221,3 +221,16 @@ def test_bench_replays_the_step():
         width=0.125, image_size=32, batch_size=16, steps=3, device="cuda", precision="bf16", cuda_graphs=True
     )
     assert result["cuda_graphs"] and result["images_per_s"] > 0
+
+
+def test_cuda_graphs_under_torchrun_are_refused_naming_why():
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(
+        runtime=SimpleNamespace(device=torch.device("cuda")),
+        context=SimpleNamespace(world_size=2),
+        learner=SimpleNamespace(graph_problem=None),
+    )
+    assert "DDP's all-reduce" in Trainer.cuda_graphs_problem(trainer)
+    trainer.context.world_size = 1
+    assert Trainer.cuda_graphs_problem(trainer) is None
