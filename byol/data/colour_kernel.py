@@ -17,6 +17,7 @@ the launch count on the `meta` device see one operation.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -37,7 +38,7 @@ def colour_jitter(x: torch.Tensor, params: torch.Tensor, order: torch.Tensor) ->
 
 @colour_jitter.register_fake
 def _(x: torch.Tensor, params: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the kernel writes it
 
 
 def kernel_runs_on(x: torch.Tensor) -> bool:
@@ -62,7 +63,9 @@ def run_kernel(x: torch.Tensor, params: torch.Tensor, order: torch.Tensor) -> to
     batch, channels, height, width = x.shape
     from byol.data.colour_kernel_source import colour_program
 
-    colour_program[(batch,)](
-        x, out, params.float().contiguous(), order.to(torch.int32).contiguous(), height * width, channels, BLOCK
-    )
+    # Triton launches on the current device: make it x's (`--device cuda:1` in one process)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        colour_program[(batch,)](
+            x, out, params.float().contiguous(), order.to(torch.int32).contiguous(), height * width, channels, BLOCK
+        )
     return out

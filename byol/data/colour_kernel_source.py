@@ -124,9 +124,15 @@ def jitter_step(
 
 
 @triton.jit
-def saturate(r, g, b, on, factor):
+def value_and_chroma(r, g, b):
+    """HSV's value (the largest channel) and chroma (largest − smallest)."""
     value = tl.maximum(tl.maximum(r, g), b)
-    chroma = value - tl.minimum(tl.minimum(r, g), b)
+    return value, value - tl.minimum(tl.minimum(r, g), b)
+
+
+@triton.jit
+def saturate(r, g, b, on, factor):
+    value, chroma = value_and_chroma(r, g, b)
     # no limit where there is no chroma (the torch code's infinity; any factor is below this)
     limit = tl.where(chroma > 0, value / tl.maximum(chroma, 1e-12), 3.0e38)
     effective = tl.minimum(factor, limit)
@@ -138,8 +144,7 @@ def saturate(r, g, b, on, factor):
 
 @triton.jit
 def shift_hue(r, g, b, on, shift):
-    value = tl.maximum(tl.maximum(r, g), b)
-    chroma = value - tl.minimum(tl.minimum(r, g), b)
+    value, chroma = value_and_chroma(r, g, b)
     saturation = tl.where(value > 0, chroma / tl.maximum(value, 1e-12), 0.0)
     safe = tl.where(chroma > 0, chroma, 1.0)
     hue_r = remainder((g - b) / safe, 6.0)

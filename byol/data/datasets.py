@@ -552,7 +552,7 @@ class BatchStream:
             items,
             batch_sampler=[b.tolist() for b in batches],
             num_workers=self.workers,
-            pin_memory=self.pin_memory and self.decode_on is None,
+            pin_memory=self.pin_memory and self.decode_on is None,  # decode_batch pins what it copies
             persistent_workers=False,
             worker_init_fn=_ignore_interrupts,
             **options,

@@ -6,8 +6,9 @@
 - Decoding turns any file PIL reads into RGB uint8 at a square `size`: EXIF orientation applied,
   JPEGs decoded at a reduced scale when they are much larger than needed (never below `size`), shorter
   side resized (bicubic), centre crop. A file that cannot be decoded gives a reason instead.
-- `--decode gpu`: JPEGs are decoded on the GPU in batches (nvjpeg, `decode_jpegs_on`), with EXIF orientation,
-  and resized and cropped there with the same sizes (`square`); any file it cannot decode goes to PIL.
+- `--decode gpu`: JPEGs are decoded on the GPU in batches (nvjpeg, `decode_jpegs_on`), turned upright by their
+  EXIF orientation, and resized and cropped there with the same sizes (`square`); what it cannot decode goes
+  to PIL.
 - `DecodedCache` keeps those uint8 squares in one memory-mapped file, so later epochs skip decoding.
 Measurements of each path: docs/data.md.
 """
@@ -15,6 +16,7 @@ Measurements of each path: docs/data.md.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -137,15 +139,29 @@ def decode_or_reason(path: Path, size: int) -> tuple[torch.Tensor | None, str]:
 
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+# EXIF orientation → what turns the stored pixels (C, H, W) upright, as PIL's exif_transpose does (tested)
+UPRIGHT = {
+    2: lambda x: x.flip(-1),
+    3: lambda x: x.flip(-1, -2),
+    4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-1, -2),
+    6: lambda x: torch.rot90(x, -1, (-2, -1)),
+    7: lambda x: x.transpose(-1, -2).flip(-1, -2),
+    8: lambda x: torch.rot90(x, 1, (-2, -1)),
+}
 
 
-def read_encoded(path: Path) -> torch.Tensor:
-    """The file's bytes as a uint8 tensor, as torchvision's decoders take them."""
-    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+def is_jpeg(encoded: bytes) -> bool:
+    return encoded[:3] == JPEG_MAGIC
 
 
-def is_jpeg(encoded: torch.Tensor) -> bool:
-    return bytes(encoded[:3].tolist()) == JPEG_MAGIC
+def exif_orientation(encoded: bytes) -> int:
+    """The EXIF orientation tag of an image file's bytes (1: stored upright), from its header alone."""
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except (OSError, ValueError, SyntaxError):
+        return 1  # the decoder will say what is wrong with the file
 
 
 def resized_sides(width: int, height: int, size: int) -> tuple[int, int]:
@@ -167,26 +183,45 @@ def square(image: torch.Tensor, size: int) -> torch.Tensor:
     return image[:, top : top + size, left : left + size]
 
 
-def decode_jpegs_on(encoded: list[torch.Tensor], size: int, device: torch.device) -> list[torch.Tensor | None]:
-    """JPEG bytes to (3, size, size) uint8 squares on `device`, as one batched nvjpeg call on CUDA; a batch
-    that fails is decoded file by file, and a file that fails alone is None (the caller decodes it with PIL)."""
+def decode_jpegs_on(
+    encoded: list[bytes], orientations: list[int], size: int, device: torch.device
+) -> list[torch.Tensor | None]:
+    """JPEG bytes to upright (3, size, size) uint8 squares on `device`, in one batched call (nvjpeg on CUDA);
+    a batch that fails is decoded file by file, and a file that fails alone is None (the caller decodes it
+    with PIL). `orientations`: each file's EXIF tag, applied here (torchvision applies it on the CPU only)."""
+    images = _decode_jpegs([torch.frombuffer(bytearray(one), dtype=torch.uint8) for one in encoded], device)
+    return [
+        None if image is None else square(UPRIGHT.get(orientation, lambda x: x)(image), size)
+        for image, orientation in zip(images, orientations, strict=True)
+    ]
+
+
+def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     def decode(files):
         with warnings.catch_warnings():  # torchvision 0.29 points to TorchCodec; its decoder still works
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(files, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+            return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
 
     try:
-        images = decode(encoded) if encoded else []
-    except RuntimeError:  # one bad file fails the batch: find it
-        images = []
-        for one in encoded:
-            try:
-                images.append(decode([one])[0])
-            except RuntimeError:
-                images.append(None)
-    return [None if image is None else square(image, size) for image in images]
+        return decode(encoded) if encoded else []
+    except RuntimeError as error:  # one bad file fails the batch: find it
+        _reraise_device_failure(error)
+    images = []
+    for one in encoded:
+        try:
+            images.append(decode([one])[0])
+        except RuntimeError as error:
+            _reraise_device_failure(error)
+            images.append(None)
+    return images
+
+
+def _reraise_device_failure(error: RuntimeError) -> None:
+    # A CUDA error is the device's, not the file's, and it sticks: say so instead of blaming every file.
+    if isinstance(error, getattr(torch, "AcceleratorError", ())):
+        raise error
 
 
 # ---------------------------------------------------------------- the decoded cache

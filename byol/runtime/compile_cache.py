@@ -4,7 +4,9 @@ Inductor's FX graph cache (the generated kernels of each graph), AOTAutograd's c
 backward graphs) and the autotuning results are on by default in recent torch, but in
 /tmp/torchinductor_USER, which a reboot or a cluster job's private /tmp empties. `byol` puts them in the
 user's cache folder instead: $XDG_CACHE_HOME/byol/torch-compile, ~/.cache/byol/torch-compile by default.
-torch's own TORCHINDUCTOR_CACHE_DIR, when set, wins. What the cache saves: docs/performance.md.
+torch's own TORCHINDUCTOR_CACHE_DIR, when set, wins, and so does a cache switched off with torch's variables.
+On a cluster whose home folder is on NFS, point TORCHINDUCTOR_CACHE_DIR at local disk: the cache takes file
+locks. What the cache saves: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ def use_compile_cache() -> Path:
     folder = compile_cache_folder()
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-    inductor_config.fx_graph_cache = True
-    inductor_config.autotune_local_cache = True
-    aot_config.enable_autograd_cache = True
+    # on, unless the user switched one off with torch's own variable
+    for config, name, variable in (
+        (inductor_config, "fx_graph_cache", "TORCHINDUCTOR_FX_GRAPH_CACHE"),
+        (inductor_config, "autotune_local_cache", "TORCHINDUCTOR_AUTOTUNE_LOCAL_CACHE"),
+        (aot_config, "enable_autograd_cache", "TORCHINDUCTOR_AUTOGRAD_CACHE"),
+    ):
+        if variable not in os.environ:
+            setattr(config, name, True)
     return folder

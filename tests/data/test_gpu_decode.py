@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from byol.data.datasets import BatchStream, load_folder
-from byol.data.folders import EXIF_ORIENTATION, decode_image, decode_jpegs_on, read_encoded
+from byol.data.folders import EXIF_ORIENTATION, decode_image, decode_jpegs_on, exif_orientation
 from byol.runtime.errors import UserError
 from byol.training.config import resolve
 from byol.training.run import gpu_decoding
@@ -48,10 +48,14 @@ def largest_difference_inside_blocks(image: torch.Tensor, reference: torch.Tenso
     return int((image.int() - reference.int()).abs().amax(0)[flat].max())
 
 
-@pytest.mark.parametrize("width, height, orientation", [(240, 120, 1), (90, 300, 1), (300, 200, 6), (64, 64, 3)])
+@pytest.mark.parametrize(
+    "width, height, orientation", [(240, 120, 1), (90, 300, 1), *((300, 200, o) for o in range(2, 9)), (64, 64, 3)]
+)
 def test_a_jpeg_decoded_by_the_batch_path_has_pil_s_orientation_scale_and_crop(tmp_path, width, height, orientation):
     path = save_jpeg(tmp_path / "a.jpg", blocks(width, height), orientation)
-    (batched,) = decode_jpegs_on([read_encoded(path)], 48, torch.device("cpu"))
+    encoded = path.read_bytes()
+    assert exif_orientation(encoded) == orientation
+    (batched,) = decode_jpegs_on([encoded], [orientation], 48, torch.device("cpu"))
     reference = decode_image(path, 48)
     assert batched.shape == reference.shape == (3, 48, 48) and batched.dtype == torch.uint8
     assert largest_difference_inside_blocks(batched, reference) <= 8
@@ -97,8 +101,9 @@ def test_gpu_decoding_is_refused_in_one_line_where_it_cannot_apply():
 @pytest.mark.cuda
 def test_nvjpeg_decodes_what_the_cpu_decoder_does(tmp_path):
     paths = [save_jpeg(tmp_path / f"{i}.jpg", blocks(100 + 30 * i, 120), 1 + 5 * (i % 2)) for i in range(4)]
-    encoded = [read_encoded(path) for path in paths]
-    on_gpu = decode_jpegs_on(encoded, 64, torch.device("cuda"))
-    on_cpu = decode_jpegs_on(encoded, 64, torch.device("cpu"))
+    encoded = [path.read_bytes() for path in paths]
+    orientations = [exif_orientation(one) for one in encoded]
+    on_gpu = decode_jpegs_on(encoded, orientations, 64, torch.device("cuda"))
+    on_cpu = decode_jpegs_on(encoded, orientations, 64, torch.device("cpu"))
     for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
         assert gpu.is_cuda and largest_difference_inside_blocks(gpu.cpu(), cpu) <= 8
