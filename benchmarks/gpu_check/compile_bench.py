@@ -4,9 +4,9 @@ when under MIN_LEFT seconds are left, rather than started under a limit it canno
   r18-32px-b512-compile-graphs   --compile --cuda-graphs together (the graphs step has them apart)
   r50-224px-b128-compile         --compile
 
-Only BYOL is benched here. DINO must not get --compile with --cuda-graphs: when its teacher temperature
-changes, GraphedStep captures again without a warm-up, and the compiled forward would recompile inside the
-capture. A dry run on the CPU compiles with torch.compile's "eager" backend (measure/bench_cli.py).
+Only BYOL is benched here. (DINO with both: when its teacher temperature changes, GraphedStep runs one eager
+step, where a compiled forward recompiles, before it captures again; tests/training/test_graphs.py.)
+A dry run on the CPU compiles with torch.compile's "eager" backend (measure/bench_cli.py).
 """
 
 from __future__ import annotations

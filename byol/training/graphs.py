@@ -41,8 +41,9 @@ class GraphedStep:
 
     The first `warmup_steps` calls run the step eagerly on a side stream: cuDNN's algorithm search, optimizer
     state, lazy initialisation and a compiled learner's compilation all happen there, as capture requires.
-    The next call captures, and every call from then on replays. `loss` and `outputs` are the graph's own
-    tensors: read them before the next call.
+    The next call captures, and every call from then on replays, until the learner's graph key or the batch
+    shape changes: then one eager step, and a new capture. `loss` and `outputs` are the graph's own tensors:
+    read them before the next call.
     """
 
     WARMUP_STEPS = 3  # torch's documentation warms up with three; DDP would need eleven
@@ -84,7 +85,13 @@ class GraphedStep:
                 )
             )
         key = graph_key(self.learner)
-        if self.graph is None or key != self._key or images.shape != self._images.shape:
+        if self.graph is not None and (key != self._key or images.shape != self._images.shape):
+            # A new capture gets an eager step of its own first: a compiled learner recompiles for the new key
+            # there (DINO's teacher temperature is one), never inside the capture.
+            self._release()
+            self.warmup_left = 1
+            return self(images, tau)
+        if self.graph is None:
             self._capture(images, key)
         self._images.copy_(images, non_blocking=True)
         for param, grad in self._grads:
@@ -102,10 +109,13 @@ class GraphedStep:
         main.wait_stream(side)
         return result
 
-    def _capture(self, images: torch.Tensor, key) -> None:
-        # The previous graph's memory goes back before the new capture takes its own.
+    def _release(self) -> None:
+        """The graph and its memory go back (before a new capture takes its own)."""
         self.graph = self._loss = self._outputs = None
         self._grads = []
+
+    def _capture(self, images: torch.Tensor, key) -> None:
+        self._release()
         self._images = torch.empty_like(images)
         # The capture's backward allocates the gradients in the graph's memory; replays write into them.
         self.optimizer.zero_grad(set_to_none=True)

@@ -121,7 +121,9 @@ def test_warm_up_then_one_capture_then_replays_and_a_new_capture_per_teacher_tem
             assert fake.events == []  # eager warm-up
         if epoch < 1:  # DINO drops the frozen last layer's gradient; the graph's tensor comes back before a replay
             assert all(param.grad is None for param in last_layer)
-    assert fake.events == ["capture", "replay", "replay", "capture", "replay", "replay"]
+    # at epoch 1 the teacher's temperature changes: one eager step (a compiled learner recompiles there, not
+    # inside a capture), then a new capture
+    assert fake.events == ["capture", "replay", "replay", "capture", "replay"]
     assert step.captures == 2 and all(param.grad is not None for param in last_layer)
     assert step._grads and all(param.grad is grad for param, grad in step._grads)
 
