@@ -157,12 +157,15 @@ def test_a_graphed_run_computes_what_the_eager_run_computes():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     (eager_losses, eager, _), (again_losses, again, _), (graph_losses, graphed, trainer) = results
     assert isinstance(trainer.run_step, GraphedStep) and trainer.run_step.captures == 1
+    # Two eager runs may agree to the bit while the graph's kernels sum in another order (fp32 round-off, ~1e-7
+    # of a value per reduction, grown over 12 steps): the bound never falls below 1e-3 of the values, which a
+    # wrong random stream (losses off by percents) still exceeds by far. As in tests/test_cuda.py.
     for e, a, g in zip(eager_losses, again_losses, graph_losses, strict=True):
-        assert abs(g - e) <= max(4 * abs(a - e), 1e-4 * abs(e)) + 1e-6, (eager_losses, graph_losses)
+        assert abs(g - e) <= max(4 * abs(a - e), 1e-3 * abs(e)) + 1e-6, (eager_losses, graph_losses)
     for name, value in eager.items():
         scale = value.abs().max().item() or 1.0
         spread, error = (again[name] - value).abs().max(), (graphed[name] - value).abs().max()
-        assert error <= max(4 * spread, 1e-4 * scale) + 1e-6, (name, float(error), float(spread))
+        assert error <= max(4 * spread, 1e-3 * scale) + 1e-6, (name, float(error), float(spread))
 
 
 @pytest.mark.cuda
