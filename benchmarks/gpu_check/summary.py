@@ -130,7 +130,9 @@ def decode(de: dict) -> list[str]:
         f"folder decode: PIL 500x375->256 {de.get('pil_decode_resize256_images_per_s_one_core')} img/s/core "
         f"(~{de.get('pil_estimate_all_cores_minus_one')} on all cores but one); {de.get('big_jpeg', '3000x2000')}: "
         f"{de.get('pil_3000x2000_images_per_s_one_core')} img/s/core, with draft() "
-        f"{de.get('pil_draft_3000x2000_images_per_s_one_core')}; torchvision decode_jpeg cuda {f(gpu, 0)} img/s"
+        f"{de.get('pil_draft_3000x2000_images_per_s_one_core')}; torchvision decode_jpeg cuda {f(gpu, 0)} img/s",
+        f"  training stream at 256 px: PIL workers {f(de.get('stream_pil_workers_images_per_s'), 0)} img/s, "
+        f"--decode gpu {f(de.get('stream_decode_gpu_images_per_s', de.get('stream_decode_gpu')), 0)} img/s",
     ]
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from byol.data import colour_kernel
+from byol.runtime.logs import log
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
@@ -478,16 +479,24 @@ def resample_batched(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tens
     return out.clamp_(0, 1)
 
 
+def colour_chain(x: torch.Tensor, params: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """`byol::colour_jitter` where its kernel runs (or on the meta device, to be counted), else the torch code;
+    a kernel Triton cannot build here is reported once and the torch code takes over."""
+    if x.device.type == "meta" or colour_kernel.kernel_runs_on(x):
+        try:
+            return torch.ops.byol.colour_jitter(x, params, order)
+        except colour_kernel.KernelUnavailable as error:
+            log.warning(f"the colour kernel cannot be built here ({error}); the augmentation uses torch's operations")
+    return colour_reference(x, params, order)
+
+
 def apply_batched(x: torch.Tensor, draws: ViewDraws, out_size: int, mean: torch.Tensor, std: torch.Tensor):
     """`apply_view` in few launches: one resampling, the colour chain as one kernel (colour_kernel.py), one
     select per remaining stage."""
     x = resample_batched(x, draws.boxes, draws.flip, out_size)
     flags = torch.stack([draws.jitter, draws.grayscale], 1).float()
     params = torch.cat([flags[:, :1], torch.stack(draws[3:7], 1), flags[:, 1:]], 1)
-    if x.device.type == "meta" or colour_kernel.kernel_runs_on(x):
-        x = torch.ops.byol.colour_jitter(x, params, draws.order)
-    else:
-        x = colour_reference(x, params, draws.order)
+    x = colour_chain(x, params, draws.order)
     x = torch.where(draws.blur.view(-1, 1, 1, 1), gaussian_blur(x, draws.sigma), x)
     x = torch.where(draws.solarize.view(-1, 1, 1, 1) & (x >= 0.5), 1 - x, x)
     return (x.clamp_(0, 1) - mean) / std

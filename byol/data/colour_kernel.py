@@ -41,9 +41,18 @@ def _(x: torch.Tensor, params: torch.Tensor, order: torch.Tensor) -> torch.Tenso
     return x.new_empty(x.shape)  # contiguous, as the kernel writes it
 
 
+class KernelUnavailable(RuntimeError):
+    """The kernel could not be built here (a Triton that cannot compile it): callers use the torch code."""
+
+
+# Why the kernel could not be built in this process, once its first launch failed; None while it works.
+unavailable: str | None = None
+
+
 def kernel_runs_on(x: torch.Tensor) -> bool:
-    """On CUDA where Triton is installed; on the CPU only under Triton's interpreter (TRITON_INTERPRET=1)."""
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    """On CUDA where Triton is installed and builds the kernel; on the CPU only under Triton's interpreter
+    (TRITON_INTERPRET=1)."""
+    if unavailable or (x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1"):
         return False
     return _triton() is not None
 
@@ -65,7 +74,19 @@ def run_kernel(x: torch.Tensor, params: torch.Tensor, order: torch.Tensor) -> to
 
     # Triton launches on the current device: make it x's (`--device cuda:1` in one process)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        colour_program[(batch,)](
-            x, out, params.float().contiguous(), order.to(torch.int32).contiguous(), height * width, channels, BLOCK
-        )
+        try:
+            colour_program[(batch,)](
+                x, out, params.float().contiguous(), order.to(torch.int32).contiguous(), height * width, channels, BLOCK
+            )
+        except Exception as error:  # Triton's compile errors have many types; a CUDA error is the device's
+            if isinstance(error, getattr(torch, "AcceleratorError", ())) or _launched:
+                raise
+            global unavailable
+            lines = str(error).strip().splitlines() or [""]
+            unavailable = f"{type(error).__name__}: {lines[-1][:200]}"  # Triton's reason is its last line
+            raise KernelUnavailable(unavailable) from error
+    _launched.append(True)
     return out
+
+
+_launched: list[bool] = []  # a launch succeeded: later failures are not the build's

@@ -70,3 +70,30 @@ def test_the_compiled_kernel_computes_the_reference_on_a_gpu(channels, size):
     x, params, order = jitter_batch(64, channels, size, device="cuda")
     out = torch.ops.byol.colour_jitter(x, params, order)
     assert (out - colour_reference(x, params, order)).abs().max() <= 1e-5
+
+
+def test_a_kernel_triton_cannot_build_leaves_the_torch_code_to_the_augmentation(monkeypatch, caplog):
+    # a Triton older or newer than the one the kernel was written for must not stop a run: the first launch
+    # fails, one warning, and the torch code computes the same chain from then on
+    pytest.importorskip("triton")
+    from byol.data import augment, colour_kernel_source
+
+    def fails_to_build(grid):
+        def launch(*args):
+            raise ValueError("unsupported construct")
+
+        return launch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # so that the CPU counts as a device the kernel runs on
+    monkeypatch.setattr(
+        colour_kernel_source, "colour_program", type("Fake", (), {"__getitem__": lambda s, g: fails_to_build(g)})()
+    )
+    monkeypatch.setattr(colour_kernel, "unavailable", None)
+    monkeypatch.setattr(colour_kernel, "_launched", [])
+    x, params, order = jitter_batch(6, 3, 16)
+    assert colour_kernel.kernel_runs_on(x)
+    with caplog.at_level("WARNING", logger="byol"):
+        out = augment.colour_chain(x, params, order)
+    assert torch.equal(out, colour_reference(x, params, order))
+    assert "unsupported construct" in colour_kernel.unavailable and not colour_kernel.kernel_runs_on(x)
+    assert sum("colour kernel cannot be built" in r.message for r in caplog.records) == 1

@@ -2,7 +2,8 @@
 
 data: Fashion-MNIST through BatchStream (pinned memory on CUDA), without and with the host-to-device copy, and
 indexing a copy of the whole split kept on the device. decode: the folder path (byol.data.folders.decode_image on
-synthetic JPEGs, one core), PIL's draft() on large JPEGs, torchvision's decode_jpeg on the GPU.
+synthetic JPEGs, one core), PIL's draft() on large JPEGs, torchvision's decode_jpeg on the GPU, and the training
+stream over those JPEGs with PIL workers and with `--decode gpu`.
 """
 
 from __future__ import annotations
@@ -129,6 +130,29 @@ def _decode_jpeg_cuda(t: Target, paths: list[str]) -> dict:
         return {"torchvision_decode_jpeg_cuda": f"failed: {type(error).__name__}: {error}"}
 
 
+def _stream_rates(t: Target, folder: str) -> dict:
+    """Images/s of the training stream over the folder's JPEGs at load size 256: PIL in worker processes (the
+    default), and `--decode gpu` (nvjpeg in batches; on the dry run's CPU, torchvision's CPU decoder)."""
+    try:
+        from byol.data.datasets import BatchStream, load_folder
+
+        dataset = load_folder(folder, "train", 256)
+        workers, batch = (0, 8) if t.small else (max((os.cpu_count() or 2) - 1, 1), 32)
+        out = {}
+        for name, decode_on in (("pil_workers", None), ("decode_gpu", t.device)):
+            stream = BatchStream(dataset, batch, workers=workers, decode_on=decode_on)
+            for _ in stream.epoch(0, 0):  # warm: worker start-up, the decoder's handles
+                pass
+            sync(t)
+            start = time.perf_counter()
+            count = sum(len(images) for images, _ in stream.epoch(0, 1))
+            sync(t)
+            out[f"stream_{name}_images_per_s"] = round(count / (time.perf_counter() - start))
+        return out
+    except Exception as error:
+        return {"stream_decode_gpu": f"failed: {type(error).__name__}: {error}"}
+
+
 def decode(t: Target) -> dict:
     from byol.data.folders import decode_image
 
@@ -148,6 +172,9 @@ def decode(t: Target) -> dict:
         out["pil_draft_3000x2000_images_per_s_one_core"] = round(_per_s(decode_draft, big), 2)
         if t.cuda:
             out.update(_decode_jpeg_cuda(t, paths))
+        for path in big:  # the stream reads the 500x375 folder only
+            os.remove(path)
+        out.update(_stream_rates(t, folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return out
