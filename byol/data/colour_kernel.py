@@ -47,6 +47,7 @@ class KernelUnavailable(RuntimeError):
 
 # Why the kernel could not be built in this process, once its first launch failed; None while it works.
 unavailable: str | None = None
+built = False  # a launch succeeded: a later failure is not the build's
 
 
 def kernel_runs_on(x: torch.Tensor) -> bool:
@@ -67,6 +68,7 @@ def _triton():
 
 
 def run_kernel(x: torch.Tensor, params: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    global built, unavailable
     x = x.contiguous()
     out = torch.empty_like(x)
     batch, channels, height, width = x.shape
@@ -79,14 +81,10 @@ def run_kernel(x: torch.Tensor, params: torch.Tensor, order: torch.Tensor) -> to
                 x, out, params.float().contiguous(), order.to(torch.int32).contiguous(), height * width, channels, BLOCK
             )
         except Exception as error:  # Triton's compile errors have many types; a CUDA error is the device's
-            if isinstance(error, getattr(torch, "AcceleratorError", ())) or _launched:
+            if isinstance(error, getattr(torch, "AcceleratorError", ())) or built:
                 raise
-            global unavailable
             lines = str(error).strip().splitlines() or [""]
             unavailable = f"{type(error).__name__}: {lines[-1][:200]}"  # Triton's reason is its last line
             raise KernelUnavailable(unavailable) from error
-    _launched.append(True)
+    built = True
     return out
-
-
-_launched: list[bool] = []  # a launch succeeded: later failures are not the build's

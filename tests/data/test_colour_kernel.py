@@ -89,7 +89,7 @@ def test_a_kernel_triton_cannot_build_leaves_the_torch_code_to_the_augmentation(
         colour_kernel_source, "colour_program", type("Fake", (), {"__getitem__": lambda s, g: fails_to_build(g)})()
     )
     monkeypatch.setattr(colour_kernel, "unavailable", None)
-    monkeypatch.setattr(colour_kernel, "_launched", [])
+    monkeypatch.setattr(colour_kernel, "built", False)
     x, params, order = jitter_batch(6, 3, 16)
     assert colour_kernel.kernel_runs_on(x)
     with caplog.at_level("WARNING", logger="byol"):
